@@ -1,0 +1,1 @@
+"""koiitasks: write, test and run Koii-style tasks in Python."""

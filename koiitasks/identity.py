@@ -1,0 +1,121 @@
+"""Ed25519 identities: key pairs, base58 node ids, signing and verification, key files.
+
+A node's id is its public key in base58, as a Koii wallet's address is. Keys come from PyNaCl;
+signatures are deterministic, so the same key and message always give the same bytes, which is
+what makes seeded sandbox runs byte-for-byte reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import base58
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from koiitasks.errors import KeyFileError, SignatureError
+
+_KEY_FILE_KIND = "koiitasks-ed25519-key"
+
+
+def encode_b58(data: bytes) -> str:
+    """Base58 (Bitcoin alphabet, as Solana and Koii use) of ``data``."""
+    return str(base58.b58encode(data).decode("ascii"))
+
+
+def decode_b58(text: str) -> bytes:
+    """Bytes of a base58 string; raises ``ValueError`` when it is not base58."""
+    return bytes(base58.b58decode(text.encode("ascii")))
+
+
+@dataclass(frozen=True)
+class Keypair:
+    """An ed25519 signing key and its base58 public id."""
+
+    signing_key: SigningKey
+
+    @classmethod
+    def generate(cls) -> Keypair:
+        """A new random key pair."""
+        return cls(SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Keypair:
+        """The key pair derived from a 32-byte seed (deterministic)."""
+        return cls(SigningKey(hashlib.sha256(seed).digest()))
+
+    @property
+    def public_id(self) -> str:
+        """The public key in base58: the node id."""
+        return encode_b58(bytes(self.signing_key.verify_key))
+
+    def sign(self, message: bytes) -> str:
+        """A detached signature of ``message`` in base58."""
+        return encode_b58(self.signing_key.sign(message).signature)
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Keypair({self.public_id})"
+
+
+def verify(public_id: str, message: bytes, signature: str) -> None:
+    """Check a base58 detached signature; raise :class:`SignatureError` when it fails."""
+    try:
+        key = VerifyKey(decode_b58(public_id))
+        key.verify(message, decode_b58(signature))
+    except (BadSignatureError, ValueError, TypeError) as e:
+        raise SignatureError(f"signature by {public_id} does not verify") from e
+
+
+def save_key(keypair: Keypair, path: Path) -> None:
+    """Write ``keypair`` to a new file readable by its owner only (mode 0600); never overwrite."""
+    body = json.dumps(
+        {
+            "kind": _KEY_FILE_KIND,
+            "public": keypair.public_id,
+            "secret": encode_b58(bytes(keypair.signing_key)),
+        }
+    ).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise KeyFileError(
+            f"key file {path} already exists",
+            hint="choose another --out path; key files are never overwritten",
+        ) from e
+    except OSError as e:
+        raise KeyFileError(f"cannot create key file {path}: {e.strerror}") from e
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+
+
+def load_key(path: Path) -> Keypair:
+    """Read a key file written by :func:`save_key`, refusing one others can read."""
+    try:
+        mode = path.stat().st_mode
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise KeyFileError(
+            f"key file {path} does not exist", hint="create one with `koiitasks node keygen`"
+        ) from e
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"key file {path} is readable by group or others (mode {stat.S_IMODE(mode):o})",
+            hint=f"run `chmod 600 {path}`",
+        )
+    try:
+        doc = json.loads(raw)
+        if doc.get("kind") != _KEY_FILE_KIND:
+            raise ValueError("not a koiitasks key file")
+        keypair = Keypair(SigningKey(decode_b58(doc["secret"])))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise KeyFileError(f"key file {path} is malformed: {e}") from e
+    if keypair.public_id != doc.get("public"):
+        raise KeyFileError(f"key file {path} is malformed: public key does not match the secret")
+    return keypair

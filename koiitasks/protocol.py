@@ -1,0 +1,247 @@
+"""The signed records that cross trust boundaries, and how they are encoded.
+
+Every record is canonical JSON (sorted keys, no spaces, UTF-8, no NaN) of a signed envelope::
+
+    {"body": {"kind": "submission", ...}, "signature": "<base58>", "signer": "<node id>"}
+
+The signature covers ``b"koiitasks:v1:" + canonical(body)``; ``kind`` inside the body keeps a
+record of one kind from being passed off as another. A record is only accepted when its bytes
+are exactly the canonical encoding of what they parse to, so no byte can change unnoticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import JsonValue, ValidationError
+
+from koiitasks.errors import MalformedRecord
+from koiitasks.identity import Keypair, verify
+from koiitasks.model import Amount, Digest, FrozenModel, NodeId, Phase, RoundNumber, Slot, TaskId
+
+_DOMAIN = b"koiitasks:v1:"
+ZERO_DIGEST = "0" * 64
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical JSON encoding of ``obj``."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def digest(data: bytes) -> str:
+    """SHA-256 of ``data`` in lowercase hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class Body(FrozenModel):
+    """Base of every signed body; ``kind`` names the record type."""
+
+    kind: str
+
+
+B = TypeVar("B", bound=Body)
+
+
+class Signed(FrozenModel, Generic[B]):
+    """A body, who signed it, and the signature."""
+
+    body: B
+    signer: NodeId
+    signature: str
+
+    def encode(self) -> bytes:
+        """Canonical bytes of the whole envelope."""
+        return canonical(self.model_dump(mode="json"))
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical envelope: how other records refer to this one."""
+        return digest(self.encode())
+
+    def verify(self) -> None:
+        """Raise :class:`~koiitasks.errors.SignatureError` unless ``signer`` signed ``body``."""
+        verify(self.signer, _DOMAIN + canonical(self.body.model_dump(mode="json")), self.signature)
+
+
+def sign(body: B, keypair: Keypair) -> Signed[B]:
+    """``body`` signed by ``keypair``."""
+    message = _DOMAIN + canonical(body.model_dump(mode="json"))
+    return Signed[type(body)](  # type: ignore[index]
+        body=body, signer=keypair.public_id, signature=keypair.sign(message)
+    )
+
+
+def decode(
+    raw: bytes, body_type: type[B], *, where: str, check_signature: bool = True
+) -> Signed[B]:
+    """Parse and check a signed record; ``where`` names it in errors (a key or a node)."""
+    try:
+        record: Signed[B] = Signed[body_type].model_validate_json(raw)  # type: ignore[valid-type]
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "record"
+        raise MalformedRecord(
+            f"record {where} is not a valid {body_type.__name__}: {loc}: {first['msg']}"
+        ) from e
+    if record.encode() != raw:
+        raise MalformedRecord(f"record {where} is not in canonical form (its bytes were altered)")
+    if check_signature:
+        try:
+            record.verify()
+        except Exception as e:
+            raise type(e)(f"record {where}: {e}") from e
+    return record
+
+
+# --- the record bodies -------------------------------------------------------------------------
+
+
+class SandboxNetwork(FrozenModel):
+    """How a sandbox store's simulated network was made, so later runs can reuse it."""
+
+    seed: int
+    nodes: int
+    stake: Amount
+    adversaries: dict[str, int]
+
+
+class TaskRecord(Body):
+    """What a store knows of a task: its config, its orchestrator, its clock, its network."""
+
+    kind: Literal["task"] = "task"
+    task_id: TaskId
+    task_name: str
+    config: dict[str, JsonValue]
+    orchestrator: NodeId
+    genesis_ms: int
+    starting_slot: Slot
+    network: SandboxNetwork | None = None
+
+
+class NodeRegistration(Body):
+    """A node's signed wish to take part in a task with a stake."""
+
+    kind: Literal["node"] = "node"
+    task_id: TaskId
+    node_id: NodeId
+    stake: Amount
+    url: str | None = None
+    behaviour: str = "honest"
+
+
+class RoundRequest(Body):
+    """The orchestrator's order to a node to work on a round."""
+
+    kind: Literal["round-request"] = "round-request"
+    task_id: TaskId
+    round: RoundNumber
+    phase: Phase
+    request_slot: Slot
+    nonce: Digest
+
+
+class Submission(Body):
+    """A node's signed answer to an execute request, stamped with the slot it answered in."""
+
+    kind: Literal["submission"] = "submission"
+    task_id: TaskId
+    round: RoundNumber
+    node_id: NodeId
+    request_slot: Slot
+    response_slot: Slot
+    nonce: Digest
+    result: JsonValue
+
+
+class AcceptedSubmission(Body):
+    """The orchestrator's record that a submission passed ingest, with its completion time."""
+
+    kind: Literal["accepted-submission"] = "accepted-submission"
+    task_id: TaskId
+    round: RoundNumber
+    node_id: NodeId
+    submission: Signed[Submission]
+    received_slot: Slot
+    completion_slots: int
+    completion_ms: int
+
+
+class Refusal(Body):
+    """The orchestrator's record that a node's answer failed ingest, and why."""
+
+    kind: Literal["refusal"] = "refusal"
+    task_id: TaskId
+    round: RoundNumber
+    node_id: NodeId
+    reason: str
+    received_slot: Slot
+
+
+class Vote(FrozenModel):
+    """One auditor's verdict on one submission."""
+
+    submitter: NodeId
+    submission_hash: Digest
+    valid: bool
+    reason: str = ""
+
+
+class AuditReport(Body):
+    """All of one auditor's votes in one round: one signature instead of one per vote."""
+
+    kind: Literal["audit-report"] = "audit-report"
+    task_id: TaskId
+    round: RoundNumber
+    auditor: NodeId
+    nonce: Digest
+    votes: tuple[Vote, ...]
+
+
+class DistributionList(Body):
+    """Who gets what for a round, built by one node from the approved submissions."""
+
+    kind: Literal["distribution"] = "distribution"
+    task_id: TaskId
+    round: RoundNumber
+    attempt: int
+    builder: NodeId
+    bounty: Amount
+    credits: dict[str, int]
+    slashes: dict[str, int]
+    inputs_hash: Digest
+
+
+class DistributionAudit(Body):
+    """An auditor's verdict on a distribution list, after recomputing it."""
+
+    kind: Literal["distribution-audit"] = "distribution-audit"
+    task_id: TaskId
+    round: RoundNumber
+    attempt: int
+    auditor: NodeId
+    distribution_hash: Digest
+    valid: bool
+    reason: str = ""
+
+
+class LedgerEntry(Body):
+    """One settled round in the task's append-only, hash-chained, signed ledger."""
+
+    kind: Literal["ledger-entry"] = "ledger-entry"
+    task_id: TaskId
+    round: RoundNumber
+    sequence: int
+    prev_hash: Digest
+    bounty: Amount
+    distribution_accepted: bool
+    distribution_hash: Digest | None
+    attempts: int
+    credits: dict[str, Amount]
+    slashes: dict[str, Amount]
+    round_credited: Amount
+    total_credited: Amount
+    total_slashed: Amount

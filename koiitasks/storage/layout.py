@@ -1,0 +1,102 @@
+"""Where each record lives: one layout for every backend.
+
+::
+
+    tasks/{task_id}/task.json
+    tasks/{task_id}/nodes/{node}.json
+    tasks/{task_id}/rounds/{round:010d}/request.json
+    tasks/{task_id}/rounds/{round:010d}/submissions/{node}.json
+    tasks/{task_id}/rounds/{round:010d}/refusals/{node}.json
+    tasks/{task_id}/rounds/{round:010d}/audits/{auditor}.json
+    tasks/{task_id}/rounds/{round:010d}/distributions/{attempt:02d}.json
+    tasks/{task_id}/rounds/{round:010d}/distribution-audits/{attempt:02d}/{auditor}.json
+    tasks/{task_id}/ledger/{round:010d}.json
+
+Rounds are zero-padded so that a sorted listing is in round order on every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from koiitasks.storage.base import check_key
+
+
+def round_part(round_number: int) -> str:
+    """The zero-padded round segment."""
+    return f"{round_number:010d}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Keys of one task's records."""
+
+    task_id: str
+
+    @property
+    def root(self) -> str:
+        return check_key(f"tasks/{self.task_id}") + "/"
+
+    @property
+    def task(self) -> str:
+        return self.root + "task.json"
+
+    @property
+    def nodes(self) -> str:
+        return self.root + "nodes/"
+
+    def node(self, node_id: str) -> str:
+        return check_key(f"{self.nodes}{node_id}.json")
+
+    def round(self, round_number: int) -> str:
+        return f"{self.root}rounds/{round_part(round_number)}/"
+
+    def request(self, round_number: int) -> str:
+        return self.round(round_number) + "request.json"
+
+    def submissions(self, round_number: int) -> str:
+        return self.round(round_number) + "submissions/"
+
+    def submission(self, round_number: int, node_id: str) -> str:
+        return check_key(f"{self.submissions(round_number)}{node_id}.json")
+
+    def refusals(self, round_number: int) -> str:
+        return self.round(round_number) + "refusals/"
+
+    def refusal(self, round_number: int, node_id: str) -> str:
+        return check_key(f"{self.refusals(round_number)}{node_id}.json")
+
+    def audits(self, round_number: int) -> str:
+        return self.round(round_number) + "audits/"
+
+    def audit(self, round_number: int, auditor: str) -> str:
+        return check_key(f"{self.audits(round_number)}{auditor}.json")
+
+    def distributions(self, round_number: int) -> str:
+        return self.round(round_number) + "distributions/"
+
+    def distribution(self, round_number: int, attempt: int) -> str:
+        return f"{self.distributions(round_number)}{attempt:02d}.json"
+
+    def distribution_audits(self, round_number: int, attempt: int) -> str:
+        return f"{self.round(round_number)}distribution-audits/{attempt:02d}/"
+
+    def distribution_audit(self, round_number: int, attempt: int, auditor: str) -> str:
+        return check_key(f"{self.distribution_audits(round_number, attempt)}{auditor}.json")
+
+    @property
+    def ledger(self) -> str:
+        return self.root + "ledger/"
+
+    def ledger_entry(self, round_number: int) -> str:
+        return f"{self.ledger}{round_part(round_number)}.json"
+
+    @staticmethod
+    def round_of_ledger_key(key: str) -> int:
+        """The round number a ledger key names."""
+        return int(key.rsplit("/", 1)[-1].removesuffix(".json"))
+
+    @staticmethod
+    def name_of(key: str) -> str:
+        """The last segment of a key without ``.json`` (a node id, auditor id or attempt)."""
+        return key.rsplit("/", 1)[-1].removesuffix(".json")
