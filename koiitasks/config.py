@@ -181,7 +181,8 @@ def _describe(error: ValidationError, source: str) -> str:
 def _hint_for(error: ValidationError) -> str | None:
     kinds = {item["type"] for item in error.errors()}
     if "missing" in kinds:
-        return "Koii's required fields are task_name, round_time, submission_window, " + (
+        return (
+            "Koii's required fields are task_name, round_time, submission_window, "
             "audit_window, minimum_stake_amount, total_bounty_amount, bounty_amount_per_round"
         )
     return None

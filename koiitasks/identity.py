@@ -7,6 +7,7 @@ what makes seeded sandbox runs byte-for-byte reproducible.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,11 +63,15 @@ class Keypair:
         return f"Keypair({self.public_id})"
 
 
+@functools.lru_cache(maxsize=65_536)
+def _verify_key(public_id: str) -> VerifyKey:
+    return VerifyKey(decode_b58(public_id))
+
+
 def verify(public_id: str, message: bytes, signature: str) -> None:
     """Check a base58 detached signature; raise :class:`SignatureError` when it fails."""
     try:
-        key = VerifyKey(decode_b58(public_id))
-        key.verify(message, decode_b58(signature))
+        _verify_key(public_id).verify(message, decode_b58(signature))
     except (BadSignatureError, ValueError, TypeError) as e:
         raise SignatureError(f"signature by {public_id} does not verify") from e
 
@@ -111,11 +116,11 @@ def load_key(path: Path) -> Keypair:
         )
     try:
         doc = json.loads(raw)
-        if doc.get("kind") != _KEY_FILE_KIND:
-            raise ValueError("not a koiitasks key file")
         keypair = Keypair(SigningKey(decode_b58(doc["secret"])))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise KeyFileError(f"key file {path} is malformed: {e}") from e
+    if doc.get("kind") != _KEY_FILE_KIND:
+        raise KeyFileError(f"key file {path} is not a koiitasks key file")
     if keypair.public_id != doc.get("public"):
         raise KeyFileError(f"key file {path} is malformed: public key does not match the secret")
     return keypair

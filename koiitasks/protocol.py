@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 from pydantic import JsonValue, ValidationError
 
-from koiitasks.errors import MalformedRecord
+from koiitasks.errors import MalformedRecord, SignatureError
 from koiitasks.identity import Keypair, verify
 from koiitasks.model import Amount, Digest, FrozenModel, NodeId, Phase, RoundNumber, Slot, TaskId
 
@@ -70,8 +70,10 @@ class Signed(FrozenModel, Generic[B]):
 def sign(body: B, keypair: Keypair) -> Signed[B]:
     """``body`` signed by ``keypair``."""
     message = _DOMAIN + canonical(body.model_dump(mode="json"))
-    return Signed[type(body)](  # type: ignore[index]
-        body=body, signer=keypair.public_id, signature=keypair.sign(message)
+    # Parametrise by the body's own class, or pydantic would serialise it as a bare Body.
+    model: Any = Signed[type(body)]  # type: ignore[misc]
+    return cast(
+        "Signed[B]", model(body=body, signer=keypair.public_id, signature=keypair.sign(message))
     )
 
 
@@ -80,7 +82,8 @@ def decode(
 ) -> Signed[B]:
     """Parse and check a signed record; ``where`` names it in errors (a key or a node)."""
     try:
-        record: Signed[B] = Signed[body_type].model_validate_json(raw)  # type: ignore[valid-type]
+        model: Any = Signed[body_type]  # type: ignore[valid-type]
+        record = cast("Signed[B]", model.model_validate_json(raw))
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "record"
@@ -92,8 +95,8 @@ def decode(
     if check_signature:
         try:
             record.verify()
-        except Exception as e:
-            raise type(e)(f"record {where}: {e}") from e
+        except SignatureError as e:
+            raise SignatureError(f"record {where}: {e.message}") from e
     return record
 
 

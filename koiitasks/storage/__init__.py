@@ -39,10 +39,13 @@ def open_store(url: str | None = None, *, s3_endpoint_url: str | None = None) ->
             return _memory_stores.setdefault(rest, MemoryStore(rest))
     if scheme in {"s3", "moto"}:
         try:
-            from koiitasks.storage.s3 import open_s3_store  # noqa: PLC0415 - boto3 is heavy
+            from koiitasks.storage.s3 import (  # type: ignore[import-not-found]  # noqa: PLC0415
+                open_s3_store,
+            )
         except ImportError as e:  # pragma: no cover - boto3 is a dependency
             raise ConfigError(f"store {url!r} needs boto3: {e}") from e
-        return open_s3_store(url, endpoint_url=s3_endpoint_url)
+        store: Store = open_s3_store(url, endpoint_url=s3_endpoint_url)
+        return store
     raise ConfigError(
         f"unknown store URL {url!r}",
         hint="use a path, file://PATH, memory://NAME, s3://BUCKET[/PREFIX] or moto://BUCKET",

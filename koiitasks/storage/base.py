@@ -8,6 +8,7 @@ exactly-once on every backend.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -85,9 +86,17 @@ class Store(ABC):
         """Whether a record is stored under ``key``."""
         return self._read(check_key(key)) is not None
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "") -> builtins.list[str]:
         """Every key under ``prefix``, sorted."""
         return sorted(self._list(check_prefix(prefix)))
+
+    def children(self, prefix: str) -> builtins.list[str]:
+        """The distinct next segments below ``prefix`` (a ``/``-ended prefix), sorted.
+
+        Backends with a cheap way to list one level (folders, S3 delimiters) override this.
+        """
+        check_prefix(prefix)
+        return sorted({key[len(prefix) :].split("/", 1)[0] for key in self._list(prefix)})
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release what the backend holds (connections, pools)."""

@@ -69,6 +69,15 @@ class FileStore(Store):
                 f"cannot read record {key!r} in {self.url}: {e.strerror or e}"
             ) from e
 
+    def children(self, prefix: str) -> list[str]:
+        folder = self._path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as e:
+            raise StorageUnavailable(f"cannot list {prefix!r} in {self.url}: {e}") from e
+
     def _list(self, prefix: str) -> Iterator[str]:
         # Walk only the deepest folder the prefix names, not the whole store.
         folder, _, _ = prefix.rpartition("/")

@@ -1,0 +1,207 @@
+"""A task's network as the store remembers it: the task record and the node registry.
+
+The task record (``task.json``) holds the config, the orchestrator's public key, the slot clock's
+genesis and, for the sandbox, how the simulated network was made. It is written last when a
+network is created, so a crash half way leaves a store that the next run completes with the
+same bytes. A later run on the same store reuses the network; asking for a different one is an
+error that says so.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
+from koiitasks.identity import Keypair
+from koiitasks.nodes.sim import ADVERSARIES, HONEST
+from koiitasks.protocol import NodeRegistration, SandboxNetwork, Signed, TaskRecord, decode, sign
+from koiitasks.storage import Layout, Store
+from koiitasks.task import LoadedTask
+
+
+@dataclass
+class Network:
+    """A task record and its verified node registry."""
+
+    record: Signed[TaskRecord]
+    nodes: dict[str, NodeRegistration]
+    keys: dict[str, Keypair] = field(default_factory=dict)  # sandbox only: the nodes' keys
+    orchestrator_key: Keypair | None = None
+
+    @property
+    def task(self) -> TaskRecord:
+        return self.record.body
+
+    def behaviours(self) -> dict[str, str]:
+        return {node: reg.behaviour for node, reg in self.nodes.items()}
+
+
+def parse_adversaries(specs: list[str]) -> dict[str, int]:
+    """``["lazy=2", "offline=1"]`` to ``{"lazy": 2, "offline": 1}``, with clear errors."""
+    counts: dict[str, int] = {}
+    for spec in specs:
+        kind, sep, count = spec.partition("=")
+        if not sep or kind not in ADVERSARIES or not count.isdigit():
+            raise ConfigError(
+                f"--adversary {spec!r} is not KIND=COUNT",
+                hint=f"KIND is one of {', '.join(ADVERSARIES)}; COUNT a whole number",
+            )
+        counts[kind] = counts.get(kind, 0) + int(count)
+    return {k: v for k, v in sorted(counts.items()) if v}
+
+
+def _sandbox_keys(seed: int, nodes: int) -> tuple[Keypair, list[Keypair]]:
+    orchestrator = Keypair.from_seed(f"koiitasks-sandbox/{seed}/orchestrator".encode())
+    keys = [Keypair.from_seed(f"koiitasks-sandbox/{seed}/node/{i}".encode()) for i in range(nodes)]
+    return orchestrator, keys
+
+
+def _behaviours(seed: int, node_ids: list[str], adversaries: dict[str, int]) -> dict[str, str]:
+    order = sorted(node_ids)
+    random.Random(seed).shuffle(order)  # noqa: S311 - a fair, reproducible draw, not a secret
+    behaviours = dict.fromkeys(node_ids, HONEST)
+    position = 0
+    for kind, count in sorted(adversaries.items()):
+        for node in order[position : position + count]:
+            behaviours[node] = kind
+        position += count
+    return behaviours
+
+
+def open_sandbox_network(
+    store: Store,
+    loaded: LoadedTask,
+    *,
+    nodes: int | None,
+    seed: int | None,
+    adversaries: dict[str, int] | None,
+    stake: int | None = None,
+) -> Network:
+    """The sandbox network in ``store``: reused when it exists, made when it does not.
+
+    ``None`` for a parameter means "whatever the store has" (or the default on a new store).
+    """
+    layout = Layout(loaded.task_id)
+    raw = store.read_or_none(layout.task)
+    if raw is not None:
+        record = decode(raw, TaskRecord, where=layout.task)
+        existing = record.body.network
+        if existing is None:
+            raise NetworkMismatchError(
+                f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes, "
+                "not a sandbox network",
+                hint="use another --store for a sandbox run",
+            )
+        _check_same(
+            existing,
+            nodes=nodes,
+            seed=seed,
+            adversaries=adversaries,
+            stake=stake,
+            where=store.url,
+        )
+        _check_config(record.body, loaded, store.url)
+        spec = existing
+    else:
+        nodes = 10 if nodes is None else nodes
+        if nodes < 2:
+            raise ConfigError("--nodes must be at least 2 (audits need another node)")
+        spec = SandboxNetwork(
+            seed=random.SystemRandom().randrange(2**31) if seed is None else seed,
+            nodes=nodes,
+            stake=stake if stake is not None else max(1, 2 * loaded.config.minimum_stake_amount),
+            adversaries=adversaries or {},
+        )
+        if sum(spec.adversaries.values()) > spec.nodes:
+            raise ConfigError(
+                f"{sum(spec.adversaries.values())} adversaries asked for a network of "
+                f"{spec.nodes} nodes",
+                hint="raise --nodes or lower the --adversary counts",
+            )
+    orchestrator, keys = _sandbox_keys(spec.seed, spec.nodes)
+    by_id = {k.public_id: k for k in keys}
+    behaviours = _behaviours(spec.seed, list(by_id), spec.adversaries)
+    registrations = {
+        node_id: NodeRegistration(
+            task_id=loaded.task_id, node_id=node_id, stake=spec.stake, behaviour=behaviours[node_id]
+        )
+        for node_id in by_id
+    }
+    if raw is None:
+        for node_id, reg in registrations.items():
+            store.create(layout.node(node_id), sign(reg, by_id[node_id]).encode())
+        record = sign(
+            TaskRecord(
+                task_id=loaded.task_id,
+                task_name=loaded.config.task_name,
+                config=_config_doc(loaded),
+                orchestrator=orchestrator.public_id,
+                genesis_ms=0,
+                starting_slot=0,
+                network=spec,
+            ),
+            orchestrator,
+        )
+        store.create(layout.task, record.encode())
+    return Network(record=record, nodes=registrations, keys=by_id, orchestrator_key=orchestrator)
+
+
+def load_network(store: Store, task_id: str, *, orchestrator: str | None = None) -> Network:
+    """The task record and registry as stored, every signature checked."""
+    layout = Layout(task_id)
+    raw = store.read_or_none(layout.task)
+    if raw is None:
+        raise RecordError(
+            f"no task {task_id!r} in {store.url}",
+            hint="run `koiitasks run TASK_DIR --store ...` first, or check --store and --task",
+        )
+    record = decode(raw, TaskRecord, where=layout.task)
+    if record.signer != record.body.orchestrator:
+        raise RecordError(f"{layout.task} is not signed by the orchestrator it names")
+    if orchestrator is not None and record.signer != orchestrator:
+        raise RecordError(
+            f"{layout.task} is signed by {record.signer}, not the expected orchestrator "
+            f"{orchestrator}"
+        )
+    nodes: dict[str, NodeRegistration] = {}
+    for key in store.list(layout.nodes):
+        reg = decode(store.read(key), NodeRegistration, where=key)
+        if reg.signer != reg.body.node_id or Layout.name_of(key) != reg.body.node_id:
+            raise RecordError(f"{key} is not signed by the node it registers")
+        nodes[reg.body.node_id] = reg.body
+    return Network(record=record, nodes=nodes)
+
+
+def _config_doc(loaded: LoadedTask) -> dict[str, Any]:
+    return loaded.config.model_dump(mode="json", exclude={"metadata"})
+
+
+def _check_config(record: TaskRecord, loaded: LoadedTask, where: str) -> None:
+    if record.config != _config_doc(loaded):
+        changed = sorted(k for k, v in _config_doc(loaded).items() if record.config.get(k) != v)
+        raise NetworkMismatchError(
+            f"task {loaded.task_id!r} in {where} was created with another config-task.yml "
+            f"(changed: {', '.join(changed)})",
+            hint="use a new --store for a changed config; a store keeps one task's history",
+        )
+
+
+def _check_same(
+    existing: SandboxNetwork,
+    *,
+    nodes: int | None,
+    seed: int | None,
+    adversaries: dict[str, int] | None,
+    stake: int | None,
+    where: str,
+) -> None:
+    asked = {"nodes": nodes, "seed": seed, "adversaries": adversaries, "stake": stake}
+    for name, value in asked.items():
+        if value is not None and value != getattr(existing, name):
+            raise NetworkMismatchError(
+                f"{where} holds a network with {name}={getattr(existing, name)!r}, "
+                f"but this run asks for {name}={value!r}",
+                hint="drop the option to reuse the stored network, or use another --store",
+            )

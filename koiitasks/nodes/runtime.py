@@ -1,0 +1,292 @@
+"""What one node does: check the orchestrator's request, run the task's hooks, sign the answer.
+
+The same runtime serves simulated nodes in the sandbox and ``koiitasks node serve`` processes,
+so a task behaves the same in both. A hook that raises is logged with the node and round; the
+node then has no answer (execute) or casts no vote (audit), and the round goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from pydantic import JsonValue
+
+from koiitasks.clock import Schedule, SlotClock
+from koiitasks.distribution import DistributionInputs, check_credits, default_distribute
+from koiitasks.errors import KoiiTasksError, RecordError, SignatureError
+from koiitasks.identity import Keypair
+from koiitasks.protocol import (
+    AcceptedSubmission,
+    AuditReport,
+    DistributionAudit,
+    DistributionList,
+    RoundRequest,
+    Signed,
+    Submission,
+    canonical,
+    sign,
+)
+from koiitasks.task import Context, LoadedTask, NodeStore, SubmissionView
+
+log = logging.getLogger("koiitasks.node")
+
+
+class HookFailed(KoiiTasksError):  # noqa: N818 - reads as what happened
+    """A task hook raised or returned something unusable."""
+
+
+class NodeRuntime:
+    """One node's identity, task and store."""
+
+    def __init__(
+        self,
+        loaded: LoadedTask,
+        keypair: Keypair,
+        *,
+        schedule: Schedule,
+        slot_clock: SlotClock,
+        orchestrator: str | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.keypair = keypair
+        self.node_id = keypair.public_id
+        self.schedule = schedule
+        self.slot_clock = slot_clock
+        self.orchestrator = orchestrator
+        self.store = NodeStore()
+
+    def context(self, round_number: int, slot_clock: SlotClock | None = None) -> Context:
+        return Context(
+            task_id=self.loaded.task_id,
+            round=round_number,
+            node_id=self.node_id,
+            config=self.loaded.config,
+            slot_clock=slot_clock or self.slot_clock,
+            schedule=self.schedule,
+            store=self.store,
+            log=logging.getLogger(f"koiitasks.task.{self.loaded.task_id}"),
+        )
+
+    def check_request(self, request: Signed[RoundRequest]) -> None:
+        """Refuse a request not signed by this task's orchestrator, or for another task."""
+        if self.orchestrator is not None and request.signer != self.orchestrator:
+            raise SignatureError(f"request signed by {request.signer}, not the orchestrator")
+        request.verify()
+        if request.body.task_id != self.loaded.task_id:
+            raise RecordError(f"request is for task {request.body.task_id!r}")
+
+    # --- execute ---------------------------------------------------------------------------
+
+    def run_execute(self, round_number: int, slot_clock: SlotClock | None = None) -> JsonValue:
+        """Run the execute hook; raise :class:`HookFailed` naming the node and round."""
+        self.loaded.task.ensure_setup()
+        hook = self.loaded.task.execute_hook
+        assert hook is not None  # load_task refuses a task without one
+        try:
+            result = hook(self.context(round_number, slot_clock))
+            canonical(result)  # must be JSON: fail here, with the node named, not later
+        except Exception as e:
+            raise HookFailed(
+                f"execute hook failed on node {self.node_id} in round {round_number}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        return result
+
+    def sign_submission(
+        self, request: Signed[RoundRequest], result: JsonValue, response_slot: int
+    ) -> Signed[Submission]:
+        body = request.body
+        return sign(
+            Submission(
+                task_id=body.task_id,
+                round=body.round,
+                node_id=self.node_id,
+                request_slot=body.request_slot,
+                response_slot=response_slot,
+                nonce=body.nonce,
+                result=result,
+            ),
+            self.keypair,
+        )
+
+    def execute(
+        self, request: Signed[RoundRequest], *, slot_clock: SlotClock | None = None
+    ) -> Signed[Submission]:
+        """Answer an execute request with a signed submission stamped with the answer's slot."""
+        self.check_request(request)
+        clock = slot_clock or self.slot_clock
+        result = self.run_execute(request.body.round, clock)
+        return self.sign_submission(request, result, clock.get_slot())
+
+    # --- audit -----------------------------------------------------------------------------
+
+    def judge(self, record: Signed[AcceptedSubmission], round_number: int) -> tuple[bool, str]:
+        """This node's honest verdict on one accepted submission, or raise :class:`HookFailed`."""
+        submission = record.body.submission
+        try:
+            submission.verify()
+        except SignatureError:
+            return False, "submission signature does not verify"
+        if submission.signer != submission.body.node_id or submission.body.round != round_number:
+            return False, "submission is not the submitter's own for this round"
+        body = record.body
+        view = SubmissionView(
+            node_id=body.node_id,
+            round=round_number,
+            result=submission.body.result,
+            request_slot=submission.body.request_slot,
+            response_slot=submission.body.response_slot,
+            completion_slots=body.completion_slots,
+            completion_ms=body.completion_ms,
+        )
+        hook = self.loaded.task.audit_hook
+        assert hook is not None
+        try:
+            verdict = hook(self.context(round_number), view)
+        except Exception as e:
+            raise HookFailed(
+                f"audit hook failed on node {self.node_id} auditing {body.node_id} "
+                f"in round {round_number}: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(verdict, bool):
+            raise HookFailed(
+                f"audit hook on node {self.node_id} returned {type(verdict).__name__}, not bool"
+            )
+        return verdict, "" if verdict else "audit hook returned False"
+
+    def audit(
+        self,
+        request: Signed[RoundRequest],
+        records: Sequence[Signed[AcceptedSubmission]],
+        *,
+        flip: bool = False,
+    ) -> Signed[AuditReport]:
+        """Vote on each assigned submission; a hook failure leaves that vote out."""
+        from koiitasks.protocol import Vote  # noqa: PLC0415 - keeps the import list short
+
+        self.check_request(request)
+        self.loaded.task.ensure_setup()
+        votes = []
+        for record in records:
+            try:
+                valid, reason = self.judge(record, request.body.round)
+            except HookFailed as e:
+                log.warning("%s", e)
+                continue
+            if flip:
+                valid, reason = not valid, "" if valid else "voted against"
+            votes.append(
+                Vote(
+                    submitter=record.body.node_id,
+                    submission_hash=record.body.submission.hash,
+                    valid=valid,
+                    reason=reason,
+                )
+            )
+        body = request.body
+        report = AuditReport(
+            task_id=body.task_id,
+            round=body.round,
+            auditor=self.node_id,
+            nonce=body.nonce,
+            votes=tuple(votes),
+        )
+        return sign(report, self.keypair)
+
+    # --- distribution ----------------------------------------------------------------------
+
+    def compute_credits(self, inputs: DistributionInputs) -> dict[str, int]:
+        """Run the distribute hook (or the default equal split) on the inputs."""
+        hook = self.loaded.task.distribute_hook
+        if hook is None:
+            return default_distribute(inputs)
+        try:
+            credits = hook(self.context(inputs.round), inputs.views(), inputs.bounty)
+        except Exception as e:
+            raise HookFailed(
+                f"distribute hook failed on node {self.node_id} in round {inputs.round}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        reason = check_credits(credits, inputs)
+        if reason is not None and _representable(credits):
+            return dict(credits)  # sign it anyway: auditors reject it with the reason
+        if reason is not None:
+            raise HookFailed(f"{reason} (node {self.node_id}, round {inputs.round})")
+        return dict(credits)
+
+    def build_distribution(
+        self, request: Signed[RoundRequest], inputs: DistributionInputs, attempt: int
+    ) -> Signed[DistributionList]:
+        self.check_request(request)
+        credits = self.compute_credits(inputs)
+        return sign(
+            DistributionList(
+                task_id=inputs.task_id,
+                round=inputs.round,
+                attempt=attempt,
+                builder=self.node_id,
+                bounty=inputs.bounty,
+                credits=credits,
+                slashes=dict(inputs.slashes),
+                inputs_hash=inputs.hash,
+            ),
+            self.keypair,
+        )
+
+    def judge_distribution(
+        self, inputs: DistributionInputs, distribution: Signed[DistributionList]
+    ) -> tuple[bool, str]:
+        """Recompute the list and compare it exactly; check the rules."""
+        body = distribution.body
+        try:
+            distribution.verify()
+        except SignatureError:
+            return False, "list signature does not verify"
+        if body.builder != distribution.signer or body.inputs_hash != inputs.hash:
+            return False, "list was not built by its signer from this round's inputs"
+        if body.bounty != inputs.bounty or body.slashes != inputs.slashes:
+            return False, "list's bounty or slashes differ from this round's"
+        reason = check_credits(body.credits, inputs)
+        if reason is not None:
+            return False, reason
+        try:
+            expected = self.compute_credits(inputs)
+        except HookFailed as e:
+            return False, str(e)
+        if expected != body.credits:
+            return False, "recomputed credits differ from the list"
+        return True, ""
+
+    def audit_distribution(
+        self,
+        request: Signed[RoundRequest],
+        inputs: DistributionInputs,
+        distribution: Signed[DistributionList],
+        *,
+        flip: bool = False,
+    ) -> Signed[DistributionAudit]:
+        self.check_request(request)
+        valid, reason = self.judge_distribution(inputs, distribution)
+        if flip:
+            valid, reason = not valid, "" if valid else "voted against"
+        return sign(
+            DistributionAudit(
+                task_id=inputs.task_id,
+                round=inputs.round,
+                attempt=distribution.body.attempt,
+                auditor=self.node_id,
+                distribution_hash=distribution.hash,
+                valid=valid,
+                reason=reason,
+            ),
+            self.keypair,
+        )
+
+
+def _representable(credits: object) -> bool:
+    """Whether a hook's output can be put in a signed list at all (str keys, int values)."""
+    return isinstance(credits, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in credits.items()
+    )

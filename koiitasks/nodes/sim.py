@@ -1,0 +1,238 @@
+"""Simulated nodes for the sandbox: real keys and hooks, simulated time, chosen adversaries.
+
+Each simulated node runs the task's real hooks through :class:`NodeRuntime` and answers with
+bytes, which the round engine checks like bytes from the network. Answer slots are drawn
+deterministically from the seed, so a seeded run gives the same records every time. Adversaries
+(``--adversary KIND=COUNT``):
+
+==============  ==================================================================
+``offline``     never answers
+``lazy``        returns a made-up result instead of running execute
+``forger``      signs with a key that is not its registered one
+``replayer``    resends a submission made for an earlier round
+``late``        answers with a slot after the submission window closed
+``bad-auditor`` executes honestly but votes the opposite of its honest verdict
+==============  ==================================================================
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from pydantic import JsonValue
+
+from koiitasks.clock import Clock, Schedule, SimulatedClock, SlotClock
+from koiitasks.distribution import DistributionInputs
+from koiitasks.identity import Keypair
+from koiitasks.nodes.base import NodePool, Reply
+from koiitasks.nodes.runtime import HookFailed, NodeRuntime
+from koiitasks.protocol import (
+    AcceptedSubmission,
+    DistributionList,
+    RoundRequest,
+    Signed,
+    sign,
+)
+
+log = logging.getLogger("koiitasks.sim")
+
+HONEST = "honest"
+ADVERSARIES = ("offline", "lazy", "forger", "replayer", "late", "bad-auditor")
+BEHAVIOURS = (HONEST, *ADVERSARIES)
+
+T = TypeVar("T")
+
+
+def _draw(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8])
+
+
+class SimulatedPool(NodePool):
+    """In-process nodes with behaviours, run on a bounded thread pool.
+
+    ``workers=1`` runs every hook in the calling thread, so a breakpoint in a hook stops there.
+    ``hook_timeout_s`` bounds how long a call waits for hooks; a hook still running then counts as
+    no answer (its thread cannot be killed and finishes in the background).
+    """
+
+    def __init__(
+        self,
+        runtimes: Mapping[str, NodeRuntime],
+        behaviours: Mapping[str, str],
+        *,
+        schedule: Schedule,
+        slot_ms: int,
+        clock: Clock,
+        seed: int,
+        workers: int = 4,
+        hook_timeout_s: float = 30.0,
+    ) -> None:
+        self.runtimes = dict(runtimes)
+        self.behaviours = dict(behaviours)
+        self.schedule = schedule
+        self.slot_ms = slot_ms
+        self.clock = clock
+        self.seed = seed
+        self.workers = max(1, workers)
+        self.hook_timeout_s = hook_timeout_s
+        self._executor = (
+            cf.ThreadPoolExecutor(self.workers, thread_name_prefix="koii-node")
+            if self.workers > 1
+            else None
+        )
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def behaviour(self, node_id: str) -> str:
+        return self.behaviours.get(node_id, HONEST)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _reply(
+        self, node_id: str, data: bytes | None, error: str = "", *, at_ms: int | None = None
+    ) -> Reply:
+        at = self.clock.now_ms() if at_ms is None else at_ms
+        return Reply(node_id=node_id, data=data, received_ms=at, error=error)
+
+    def _run_all(self, calls: Mapping[str, Callable[[], Reply]]) -> list[Reply]:
+        """Run one call per node, bounded by the pool and the timeout; hook errors are replies."""
+
+        def guarded(node_id: str, call: Callable[[], Reply]) -> Reply:
+            try:
+                return call()
+            except HookFailed as e:
+                log.warning("%s", e)
+                return self._reply(node_id, None, str(e))
+
+        if self._executor is None:
+            return [guarded(node_id, call) for node_id, call in calls.items()]
+        futures = {self._executor.submit(guarded, n, c): n for n, c in calls.items()}
+        done, pending = cf.wait(futures, timeout=self.hook_timeout_s)
+        replies = [f.result() for f in done]
+        for future in pending:
+            future.cancel()
+            node_id = futures[future]
+            log.warning("node %s: hook did not finish within %.1fs", node_id, self.hook_timeout_s)
+            replies.append(self._reply(node_id, None, "hook timed out"))
+        return replies
+
+    def _answer_clock(self, node_id: str, request: Signed[RoundRequest]) -> SlotClock:
+        """A clock stopped at the slot this node answers in: 1-3 slots after the request."""
+        body = request.body
+        window_end = self.schedule.execute_window(body.round).end
+        if self.behaviour(node_id) == "late":
+            slot = window_end + 1 + _draw(self.seed, node_id, body.round, "late") % 3
+        else:
+            latency = 1 + _draw(self.seed, node_id, body.round, "latency") % 3
+            slot = min(body.request_slot + latency, window_end - 1)
+        return SlotClock(SimulatedClock(slot * self.slot_ms), genesis_ms=0, slot_ms=self.slot_ms)
+
+    # --- execute ---------------------------------------------------------------------------
+
+    def _execute_one(self, node_id: str, request: Signed[RoundRequest]) -> Reply:
+        runtime = self.runtimes[node_id]
+        behaviour = self.behaviour(node_id)
+        body = request.body
+        clock = self._answer_clock(node_id, request)
+        if behaviour == "offline":
+            return self._reply(node_id, None, "no answer")
+        result: JsonValue
+        if behaviour == "lazy":
+            result = f"lazy-{node_id[:8]}-{body.round}"
+            submission = runtime.sign_submission(request, result, clock.get_slot())
+        elif behaviour == "forger":
+            result = runtime.run_execute(body.round, clock)
+            honest = runtime.sign_submission(request, result, clock.get_slot())
+            forged_key = Keypair.from_seed(f"forger/{self.seed}/{node_id}".encode())
+            submission = sign(honest.body, forged_key).model_copy(update={"signer": node_id})
+        elif behaviour == "replayer":
+            stale_round = body.round - 1 if body.round > 0 else body.round
+            stale = body.model_copy(
+                update={
+                    "round": stale_round,
+                    "nonce": hashlib.sha256(f"stale/{node_id}/{stale_round}".encode()).hexdigest(),
+                }
+            )
+            old_request = Signed[RoundRequest](
+                body=stale, signer=request.signer, signature=request.signature
+            )
+            result = runtime.run_execute(stale_round, clock)
+            submission = runtime.sign_submission(old_request, result, clock.get_slot())
+        else:  # honest, late, bad-auditor execute honestly
+            submission = runtime.execute(request, slot_clock=clock)
+        # Simulated transport is instant: the answer arrives in the slot it was stamped with.
+        return self._reply(node_id, submission.encode(), at_ms=clock.clock.now_ms())
+
+    def execute(self, request: Signed[RoundRequest], node_ids: Sequence[str]) -> list[Reply]:
+        return self._run_all(
+            {node: functools.partial(self._execute_one, node, request) for node in node_ids}
+        )
+
+    # --- audits ----------------------------------------------------------------------------
+
+    def _signing_runtime(self, node_id: str) -> NodeRuntime:
+        """A forger signs everything with a key that is not its own."""
+        runtime = self.runtimes[node_id]
+        if self.behaviour(node_id) != "forger":
+            return runtime
+        forged = NodeRuntime(
+            runtime.loaded,
+            Keypair.from_seed(f"forger/{self.seed}/{node_id}".encode()),
+            schedule=runtime.schedule,
+            slot_clock=runtime.slot_clock,
+        )
+        forged.node_id = node_id  # claims the registered id, signs with another key
+        return forged
+
+    def audit(
+        self,
+        request: Signed[RoundRequest],
+        assignments: Mapping[str, Sequence[Signed[AcceptedSubmission]]],
+    ) -> list[Reply]:
+        def one(auditor: str, records: Sequence[Signed[AcceptedSubmission]]) -> Reply:
+            if self.behaviour(auditor) == "offline":
+                return self._reply(auditor, None, "no answer")
+            runtime = self._signing_runtime(auditor)
+            flip = self.behaviour(auditor) == "bad-auditor"
+            return self._reply(auditor, runtime.audit(request, records, flip=flip).encode())
+
+        return self._run_all({a: functools.partial(one, a, r) for a, r in assignments.items()})
+
+    def build_distribution(
+        self, request: Signed[RoundRequest], builder: str, inputs: DistributionInputs, attempt: int
+    ) -> Reply:
+        if self.behaviour(builder) == "offline":
+            return self._reply(builder, None, "no answer")
+        runtime = self._signing_runtime(builder)
+        (reply,) = self._run_all(
+            {
+                builder: lambda: self._reply(
+                    builder, runtime.build_distribution(request, inputs, attempt).encode()
+                )
+            }
+        )
+        return reply
+
+    def audit_distribution(
+        self,
+        request: Signed[RoundRequest],
+        auditors: Sequence[str],
+        inputs: DistributionInputs,
+        distribution: Signed[DistributionList],
+    ) -> list[Reply]:
+        def one(auditor: str) -> Reply:
+            if self.behaviour(auditor) == "offline":
+                return self._reply(auditor, None, "no answer")
+            runtime = self._signing_runtime(auditor)
+            flip = self.behaviour(auditor) == "bad-auditor"
+            vote = runtime.audit_distribution(request, inputs, distribution, flip=flip)
+            return self._reply(auditor, vote.encode())
+
+        return self._run_all({a: functools.partial(one, a) for a in auditors})

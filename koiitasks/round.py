@@ -1,0 +1,645 @@
+"""One logical round, step by step: execute, ingest, audit, tally, distribute, settle.
+
+Each step is a method a Prefect task can call (``flows/round.py``) or a test can call directly.
+Every step reads what the store already holds before asking any node, and every write is
+create-only, so rerunning a round that stopped half way finishes it with the bytes an
+uninterrupted run would have written, and rerunning a settled round changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from koiitasks.audit import Verdict, assign_audits, slash_amount, tally_votes
+from koiitasks.clock import Schedule, SlotClock
+from koiitasks.config import TaskConfig
+from koiitasks.distribution import (
+    ApprovedNode,
+    DistributionInputs,
+    check_credits,
+    choose_builder,
+    choose_list_auditors,
+)
+from koiitasks.errors import RecordError, RoundError
+from koiitasks.identity import Keypair
+from koiitasks.ingest import Accepted, IngestRules, ingest
+from koiitasks.ledger import LedgerState, append_entry, read_ledger
+from koiitasks.model import Outcome, Phase
+from koiitasks.network import Network
+from koiitasks.nodes.base import NodePool, Reply
+from koiitasks.protocol import (
+    AcceptedSubmission,
+    AuditReport,
+    Body,
+    DistributionAudit,
+    DistributionList,
+    LedgerEntry,
+    Refusal,
+    RoundRequest,
+    Signed,
+    decode,
+    sign,
+)
+from koiitasks.round_result import NodeResult, RoundResult
+from koiitasks.storage import Layout, Store
+
+log = logging.getLogger("koiitasks.round")
+
+#: Nodes per shard: one Prefect task run each. Hundreds per run keeps orchestration overhead
+#: far below the work (see docs/performance.md for the measurement).
+DEFAULT_SHARD_SIZE = 250
+
+
+@dataclass
+class Tally:
+    """A round's submissions, refusals and votes, as the store holds them."""
+
+    round: int
+    stakes: dict[str, int]
+    eligible: list[str]
+    accepted: dict[str, Signed[AcceptedSubmission]]
+    refused: dict[str, str]
+    verdicts: dict[str, Verdict]
+    slashes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def approved(self) -> list[str]:
+        return sorted(n for n, v in self.verdicts.items() if v.approved)
+
+
+@dataclass
+class DistributionOutcome:
+    accepted: Signed[DistributionList] | None
+    attempts: int
+    reasons: list[str]
+
+
+class RoundEngine:
+    """Runs the rounds of one task on one store with one pool of nodes."""
+
+    def __init__(
+        self,
+        *,
+        config: TaskConfig,
+        store: Store,
+        network: Network,
+        orchestrator: Keypair,
+        pool: NodePool,
+        slot_clock: SlotClock,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+    ) -> None:
+        if orchestrator.public_id != network.record.signer:
+            raise RecordError(
+                f"orchestrator key {orchestrator.public_id} is not the one that created task "
+                f"{network.task.task_id!r} ({network.record.signer})"
+            )
+        self.config = config
+        self.store = store
+        self.network = network
+        self.task_id = network.task.task_id
+        self.layout = Layout(self.task_id)
+        self.orchestrator = orchestrator
+        self.pool = pool
+        self.slot_clock = slot_clock
+        self.shard_size = shard_size
+        self.schedule = Schedule(
+            starting_slot=network.task.starting_slot,
+            round_time=config.round_time,
+            submission_window=config.submission_window,
+            audit_window=config.audit_window,
+        )
+        self.ledger: LedgerState = read_ledger(
+            store, self.task_id, orchestrator=orchestrator.public_id
+        )
+        self._tallies: dict[int, Tally] = {}
+        self._accepted: dict[int, dict[str, Signed[AcceptedSubmission]]] = {}
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _store(self, key: str, record: Signed[Any]) -> None:
+        self.store.create(key, record.encode())
+
+    def _load(self, key: str, body_type: type[Body]) -> Signed[Body] | None:
+        raw = self.store.read_or_none(key)
+        return None if raw is None else decode(raw, body_type, where=key)
+
+    def _nonce(self, round_number: int, phase: Phase) -> str:
+        """Unpredictable to nodes, the same on every rerun: an HMAC under the orchestrator key."""
+        secret = bytes(self.orchestrator.signing_key)
+        message = f"{self.task_id}/{round_number}/{phase.value}".encode()
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+    def request(self, round_number: int, phase: Phase, slot: int) -> Signed[RoundRequest]:
+        """The signed request for a phase: made once, then read back on reruns."""
+        key = f"{self.layout.round(round_number)}requests/{phase.value}.json"
+        stored = self._load(key, RoundRequest)
+        if stored is not None:
+            return stored  # type: ignore[return-value]
+        request = sign(
+            RoundRequest(
+                task_id=self.task_id,
+                round=round_number,
+                phase=phase,
+                request_slot=slot,
+                nonce=self._nonce(round_number, phase),
+            ),
+            self.orchestrator,
+        )
+        self._store(key, request)
+        return request
+
+    # --- state -----------------------------------------------------------------------------
+
+    def is_settled(self, round_number: int) -> bool:
+        """Whether the round has a ledger entry (re-reading the ledger if another run wrote it)."""
+        if self.ledger.entry(round_number) is not None:
+            return True
+        if self.store.exists(self.layout.ledger_entry(round_number)):
+            self.refresh()
+            return True
+        return False
+
+    def refresh(self) -> None:
+        """Re-read the ledger from the store."""
+        self.ledger = read_ledger(
+            self.store, self.task_id, orchestrator=self.orchestrator.public_id
+        )
+        self._tallies.clear()
+        self._accepted.clear()
+
+    def next_round(self) -> int:
+        """The round after the last settled one (0 on a new ledger)."""
+        head = self.ledger.head
+        return head.body.round + 1 if head else 0
+
+    def _registered(self) -> dict[str, int]:
+        return {node: reg.stake for node, reg in self.network.nodes.items()}
+
+    def stakes(self, round_number: int) -> dict[str, int]:
+        """Stakes as round N sees them: slashes settled by its first slot (rounds up to N-3)."""
+        return self.ledger.stakes(self._registered(), through_round=round_number - 3)
+
+    def eligible(self, round_number: int) -> list[str]:
+        minimum = self.config.minimum_stake_amount
+        return sorted(n for n, s in self.stakes(round_number).items() if s >= minimum and s > 0)
+
+    def shards(self, node_ids: Sequence[str]) -> list[list[str]]:
+        ids = list(node_ids)
+        return [ids[i : i + self.shard_size] for i in range(0, len(ids), self.shard_size)]
+
+    def check_runnable(self, round_number: int) -> None:
+        """Refuse a round that would break the ledger's order or whose window has passed."""
+        head = self.ledger.head
+        if (
+            head is not None
+            and head.body.round > round_number
+            and not self.is_settled(round_number)
+        ):
+            raise RoundError(
+                f"round {round_number} of task {self.task_id!r} was never settled and the "
+                f"ledger has moved on to round {head.body.round}",
+                hint="rounds settle in order; run a later round instead",
+            )
+
+    # --- execute ---------------------------------------------------------------------------
+
+    def open_round(self, round_number: int) -> Signed[RoundRequest]:
+        """Wait for the round's first slot and make (or read back) its execute request."""
+        self.check_runnable(round_number)
+        start = self.schedule.round_start(round_number)
+        window = self.schedule.execute_window(round_number)
+        now = self.slot_clock.get_slot()
+        key = f"{self.layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
+        if now >= window.end and not self.store.exists(key):
+            raise RoundError(
+                f"round {round_number} of task {self.task_id!r} can no longer run: its "
+                f"submission window closed at slot {window.end} and the clock is at slot {now}",
+                hint="it is recorded as missed; run the next round instead",
+            )
+        self.slot_clock.wait_for_slot(start)
+        return self.request(round_number, Phase.EXECUTE, start)
+
+    def execute_shard(self, round_number: int, node_ids: Sequence[str]) -> dict[str, int]:
+        """Ask the shard's nodes that have no stored answer yet; store what passes ingest."""
+        request = self._execute_request(round_number)
+        todo = [
+            node
+            for node in node_ids
+            if not self.store.exists(self.layout.submission(round_number, node))
+            and not self.store.exists(self.layout.refusal(round_number, node))
+        ]
+        counts = {"accepted": 0, "refused": 0, "missing": 0, "skipped": len(node_ids) - len(todo)}
+        if not todo:
+            return counts
+        rules = IngestRules(
+            request=request,
+            eligible=set(self.eligible(round_number)),
+            schedule=self.schedule,
+            slot_clock=self.slot_clock,
+            max_result_bytes=self.config.max_result_bytes,
+        )
+        for reply in self.pool.execute(request, todo):
+            counts[self._ingest_one(round_number, reply, rules)] += 1
+        return counts
+
+    def _execute_request(self, round_number: int) -> Signed[RoundRequest]:
+        key = f"{self.layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
+        stored = self._load(key, RoundRequest)
+        if stored is None:
+            raise RoundError(f"round {round_number} was not opened; call open_round first")
+        return stored  # type: ignore[return-value]
+
+    def _ingest_one(self, round_number: int, reply: Reply, rules: IngestRules) -> str:
+        checked = ingest(reply, rules)
+        if checked is None:
+            log.info(
+                "node %s: no answer in round %d (%s)", reply.node_id, round_number, reply.error
+            )
+            return "missing"
+        if isinstance(checked, Accepted):
+            record = sign(
+                AcceptedSubmission(
+                    task_id=self.task_id,
+                    round=round_number,
+                    node_id=reply.node_id,
+                    submission=checked.submission,
+                    received_slot=checked.received_slot,
+                    completion_slots=checked.completion_slots,
+                    completion_ms=checked.completion_ms,
+                ),
+                self.orchestrator,
+            )
+            self._store(self.layout.submission(round_number, reply.node_id), record)
+            self._accepted.setdefault(round_number, {})[reply.node_id] = record
+            return "accepted"
+        log.warning("node %s: refused in round %d: %s", reply.node_id, round_number, checked.reason)
+        refusal = sign(
+            Refusal(
+                task_id=self.task_id,
+                round=round_number,
+                node_id=reply.node_id,
+                reason=checked.reason,
+                received_slot=checked.received_slot,
+            ),
+            self.orchestrator,
+        )
+        self._store(self.layout.refusal(round_number, reply.node_id), refusal)
+        return "refused"
+
+    # --- audit -----------------------------------------------------------------------------
+
+    def accepted(self, round_number: int) -> dict[str, Signed[AcceptedSubmission]]:
+        """The round's accepted submissions: those this engine stored or already checked, plus
+        any another run stored, read and verified once."""
+        cache = self._accepted.setdefault(round_number, {})
+        for key in self.store.list(self.layout.submissions(round_number)):
+            node = Layout.name_of(key)
+            if node in cache:
+                continue
+            record = decode(self.store.read(key), AcceptedSubmission, where=key)
+            if record.signer != self.orchestrator.public_id or record.body.node_id != node:
+                raise RecordError(f"{key} is not the orchestrator's record of {node}")
+            cache[node] = record
+        return dict(cache)
+
+    def plan_audits(self, round_number: int) -> dict[str, list[str]]:
+        """Wait for the audit window; every auditor with the submitters it must audit."""
+        self.slot_clock.wait_for_slot(self.schedule.audit_window_of(round_number).start)
+        return assign_audits(
+            self.accepted(round_number),
+            task_id=self.task_id,
+            round_number=round_number,
+            k=self.config.auditors_per_submission,
+        )
+
+    def audit_shard(
+        self, round_number: int, assignments: dict[str, list[str]], auditors: Sequence[str]
+    ) -> int:
+        """Ask the shard's auditors that have no stored report; store the reports that check."""
+        accepted = self.accepted(round_number) if auditors else {}
+        request = self.request(
+            round_number, Phase.AUDIT, self.schedule.audit_window_of(round_number).start
+        )
+        todo = {
+            a: [accepted[s] for s in assignments[a] if s in accepted]
+            for a in auditors
+            if not self.store.exists(self.layout.audit(round_number, a))
+        }
+        stored = 0
+        for reply in self.pool.audit(request, todo) if todo else []:
+            report = self._check_reply(
+                reply, AuditReport, round_number, signer_field="auditor", nonce=request.body.nonce
+            )
+            if report is not None:
+                self._store(self.layout.audit(round_number, reply.node_id), report)
+                stored += 1
+        return stored
+
+    def _check_reply(
+        self,
+        reply: Reply,
+        body_type: type[Body],
+        round_number: int,
+        *,
+        signer_field: str,
+        nonce: str | None = None,
+    ) -> Signed[Body] | None:
+        """Decode a vote-like reply; log and drop it when it is not the asked node's own."""
+        if reply.data is None:
+            log.info("node %s: no answer (%s)", reply.node_id, reply.error)
+            return None
+        try:
+            record = decode(reply.data, body_type, where=f"from node {reply.node_id}")
+        except RecordError as e:
+            log.warning("node %s: reply refused: %s", reply.node_id, e.message)
+            return None
+        body = record.body
+        if (
+            record.signer != reply.node_id
+            or getattr(body, signer_field) != reply.node_id
+            or getattr(body, "task_id", None) != self.task_id
+            or getattr(body, "round", None) != round_number
+            or (nonce is not None and getattr(body, "nonce", None) != nonce)
+        ):
+            log.warning("node %s: reply refused: not its own for this round", reply.node_id)
+            return None
+        return record
+
+    def tally(self, round_number: int) -> Tally:
+        """Count the stored votes into verdicts and slashes (from the store: rerun-safe)."""
+        if round_number in self._tallies:
+            return self._tallies[round_number]
+        stakes = self.stakes(round_number)
+        accepted = self.accepted(round_number)
+        assignments = assign_audits(
+            accepted,
+            task_id=self.task_id,
+            round_number=round_number,
+            k=self.config.auditors_per_submission,
+        )
+        reports = [
+            decode(self.store.read(key), AuditReport, where=key)
+            for key in self.store.list(self.layout.audits(round_number))
+        ]
+        verdicts = tally_votes(
+            [r for r in reports if r.signer == r.body.auditor],
+            assignments=assignments,
+            submission_hashes={n: r.body.submission.hash for n, r in accepted.items()},
+        )
+        refused = {}
+        for key in self.store.list(self.layout.refusals(round_number)):
+            refusal = decode(self.store.read(key), Refusal, where=key)
+            refused[refusal.body.node_id] = refusal.body.reason
+        # Slashes take a fraction of what is left after every earlier round's slashes; by the
+        # time round N's list is built (round N+2), round N-1 has settled.
+        left = self.ledger.stakes(self._registered(), through_round=round_number - 1)
+        slashes = {
+            node: amount
+            for node, verdict in sorted(verdicts.items())
+            if verdict.slashable
+            and (amount := slash_amount(max(0, left.get(node, 0)), self.config.slash_fraction)) > 0
+        }
+        tally = Tally(
+            round=round_number,
+            stakes=stakes,
+            eligible=self.eligible(round_number),
+            accepted=accepted,
+            refused=refused,
+            verdicts=verdicts,
+            slashes=slashes,
+        )
+        self._tallies[round_number] = tally
+        return tally
+
+    # --- distribution ----------------------------------------------------------------------
+
+    def bounty(self, round_number: int) -> int:
+        remaining = self.config.total_bounty_amount - self.ledger.credited_before(round_number)
+        return max(0, min(self.config.bounty_amount_per_round, remaining))
+
+    def distribution_inputs(self, tally: Tally) -> DistributionInputs:
+        approved = []
+        for node in tally.approved:
+            record = tally.accepted[node].body
+            verdict = tally.verdicts[node]
+            approved.append(
+                ApprovedNode(
+                    node_id=node,
+                    stake=tally.stakes.get(node, 0),
+                    result=record.submission.body.result,
+                    request_slot=record.submission.body.request_slot,
+                    response_slot=record.submission.body.response_slot,
+                    completion_slots=record.completion_slots,
+                    completion_ms=record.completion_ms,
+                    votes_for=verdict.votes_for,
+                    votes_against=verdict.votes_against,
+                )
+            )
+        return DistributionInputs(
+            task_id=self.task_id,
+            round=tally.round,
+            bounty=self.bounty(tally.round),
+            approved=tuple(approved),
+            slashes=tally.slashes,
+        )
+
+    def distribute(self, round_number: int) -> DistributionOutcome:
+        """Build and audit the list, retrying with other builders; at most one is accepted."""
+        window = self.schedule.distribution_window_of(round_number)
+        self.slot_clock.wait_for_slot(window.start)
+        tally = self.tally(round_number)
+        inputs = self.distribution_inputs(tally)
+        if not inputs.approved:
+            return DistributionOutcome(None, 0, ["no submission was approved this round"])
+        request = self.request(round_number, Phase.DISTRIBUTION, window.start)
+        builders: list[str] = []
+        reasons: list[str] = []
+        for attempt in range(self.config.allowed_failed_distributions + 1):
+            builder = choose_builder(
+                tuple(tally.approved),
+                task_id=self.task_id,
+                round_number=round_number,
+                exclude=builders,
+            )
+            if builder is None:
+                reasons.append(f"attempt {attempt}: no approved node left to build the list")
+                break
+            builders.append(builder)
+            listed = self._distribution_list(request, inputs, builder, attempt)
+            if isinstance(listed, str):
+                reasons.append(f"attempt {attempt} by {builder}: {listed}")
+                continue
+            verdict = self._audit_list(round_number, attempt, inputs, listed, builder, tally)
+            if verdict is None:
+                return DistributionOutcome(listed, attempt + 1, reasons)
+            reasons.append(f"attempt {attempt} by {builder}: {verdict}")
+        return DistributionOutcome(None, len(builders), reasons)
+
+    def _distribution_list(
+        self,
+        request: Signed[RoundRequest],
+        inputs: DistributionInputs,
+        builder: str,
+        attempt: int,
+    ) -> Signed[DistributionList] | str:
+        key = self.layout.distribution(inputs.round, attempt)
+        stored = self._load(key, DistributionList)
+        if stored is not None:
+            return stored  # type: ignore[return-value]
+        reply = self.pool.build_distribution(request, builder, inputs, attempt)
+        listed = self._check_reply(reply, DistributionList, inputs.round, signer_field="builder")
+        if listed is None:
+            return f"no valid list ({reply.error or 'malformed or not its own'})"
+        if listed.body.attempt != attempt:  # type: ignore[attr-defined]
+            return "list is for another attempt"
+        self._store(key, listed)
+        return listed  # type: ignore[return-value]
+
+    def _audit_list(
+        self,
+        round_number: int,
+        attempt: int,
+        inputs: DistributionInputs,
+        listed: Signed[DistributionList],
+        builder: str,
+        tally: Tally,
+    ) -> str | None:
+        """None when the list is accepted, else why not."""
+        self.slot_clock.wait_for_slot(
+            self.schedule.distribution_audit_window_of(round_number).start
+        )
+        auditors = choose_list_auditors(
+            tally.approved,
+            task_id=self.task_id,
+            round_number=round_number,
+            attempt=attempt,
+            builder=builder,
+            k=self.config.auditors_per_submission,
+        )
+        request = self.request(
+            round_number,
+            Phase.DISTRIBUTION_AUDIT,
+            self.schedule.distribution_audit_window_of(round_number).start,
+        )
+        votes: dict[str, DistributionAudit] = {}
+        for auditor in auditors:
+            stored = self._load(
+                self.layout.distribution_audit(round_number, attempt, auditor), DistributionAudit
+            )
+            if stored is not None:
+                votes[auditor] = stored.body  # type: ignore[assignment]
+        todo = [a for a in auditors if a not in votes]
+        for reply in self.pool.audit_distribution(request, todo, inputs, listed) if todo else []:
+            vote = self._check_reply(reply, DistributionAudit, round_number, signer_field="auditor")
+            if vote is None or vote.body.distribution_hash != listed.hash:  # type: ignore[attr-defined]
+                continue
+            self._store(self.layout.distribution_audit(round_number, attempt, reply.node_id), vote)
+            votes[reply.node_id] = vote.body  # type: ignore[assignment]
+        against = [v for v in votes.values() if not v.valid]
+        in_favour = len(votes) - len(against)
+        rule = check_credits(listed.body.credits, inputs)
+        if rule is not None:
+            return f"rejected: {rule}"
+        if listed.body.inputs_hash != inputs.hash or listed.body.slashes != inputs.slashes:
+            return "rejected: list was not built from this round's inputs"
+        if auditors and in_favour <= len(against):
+            why = against[0].reason if against else "no auditor answered"
+            return f"rejected by {len(against)} of {len(votes)} auditors: {why}"
+        return None
+
+    # --- settle ----------------------------------------------------------------------------
+
+    def settle(self, round_number: int, outcome: DistributionOutcome) -> Signed[LedgerEntry]:
+        """Wait for the end of the distribution audit; append the round's ledger entry."""
+        self.slot_clock.wait_for_slot(self.schedule.settle_slot(round_number))
+        tally = self.tally(round_number)
+        # Never slash more than is left, even if an earlier round settled late.
+        left = self.ledger.stakes(self._registered())
+        slashes = {n: min(a, max(0, left.get(n, 0))) for n, a in tally.slashes.items()}
+        return append_entry(
+            self.store,
+            self.ledger,
+            self.orchestrator,
+            task_id=self.task_id,
+            round_number=round_number,
+            bounty=self.bounty(round_number),
+            distribution=outcome.accepted,
+            attempts=outcome.attempts,
+            slashes={n: a for n, a in slashes.items() if a > 0},
+        )
+
+    def result(
+        self,
+        round_number: int,
+        *,
+        already_settled: bool = False,
+        reasons: Sequence[str] = (),
+    ) -> RoundResult:
+        """What happened to every registered node in a settled round, from the store."""
+        entry = self.ledger.entry(round_number)
+        if entry is None:
+            raise RoundError(f"round {round_number} of task {self.task_id!r} is not settled")
+        tally = self.tally(round_number)
+        nodes = {}
+        eligible = set(tally.eligible)
+        minimum = self.config.minimum_stake_amount
+        for node, reg in sorted(self.network.nodes.items()):
+            reason = ""
+            if node not in eligible:
+                outcome, reason = Outcome.REFUSED, f"stake below minimum_stake_amount {minimum}"
+            elif node in tally.verdicts:
+                verdict = tally.verdicts[node]
+                outcome = Outcome.APPROVED if verdict.approved else Outcome.REJECTED
+                if not verdict.approved:
+                    reason = "; ".join(sorted(set(verdict.reasons))) or "no majority of valid votes"
+            elif node in tally.refused:
+                outcome, reason = Outcome.REFUSED, tally.refused[node]
+            else:
+                outcome, reason = Outcome.MISSING, "no answer"
+            nodes[node] = NodeResult(
+                behaviour=reg.behaviour,
+                outcome=outcome,
+                credit=entry.body.credits.get(node, 0),
+                slash=entry.body.slashes.get(node, 0),
+                reason=reason,
+            )
+        return RoundResult(
+            task_id=self.task_id,
+            round=round_number,
+            bounty=entry.body.bounty,
+            distribution_accepted=entry.body.distribution_accepted,
+            attempts=entry.body.attempts,
+            already_settled=already_settled,
+            sequence=entry.body.sequence,
+            ledger_hash=entry.hash,
+            reasons=list(reasons),
+            nodes=nodes,
+        )
+
+    # --- the whole round without Prefect ---------------------------------------------------
+
+    def run(
+        self, round_number: int, *, on_step: Callable[[str], None] | None = None
+    ) -> RoundResult:
+        """Run a round start to finish in this thread (the flow does the same, fanned out)."""
+        step = on_step or (lambda _name: None)
+        if self.is_settled(round_number):
+            return self.result(round_number, already_settled=True)
+        self.open_round(round_number)
+        for shard in self.shards(self.eligible(round_number)):
+            self.execute_shard(round_number, shard)
+        step("execute")
+        assignments = self.plan_audits(round_number)
+        for shard in self.shards(sorted(assignments)):
+            self.audit_shard(round_number, assignments, shard)
+        step("audit")
+        outcome = self.distribute(round_number)
+        step("distribute")
+        self.settle(round_number, outcome)
+        step("settle")
+        return self.result(round_number, reasons=outcome.reasons)

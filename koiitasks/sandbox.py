@@ -1,0 +1,142 @@
+"""The local sandbox: simulated nodes on a simulated slot clock, records in a local store.
+
+Each round replays its own timeline on a :class:`SimulatedClock`, so waiting for a window costs
+nothing and a seeded run writes the same bytes every time. Sandboxes are cached per process, so
+the Prefect flow of each round reuses the nodes and registry the previous round loaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from koiitasks.clock import SimulatedClock, SlotClock
+from koiitasks.errors import RoundError
+from koiitasks.network import Network, open_sandbox_network
+from koiitasks.nodes.runtime import NodeRuntime
+from koiitasks.nodes.sim import SimulatedPool
+from koiitasks.round import RoundEngine
+from koiitasks.round_result import RoundResult
+from koiitasks.storage import Store, open_store
+from koiitasks.task import LoadedTask, load_task
+
+
+@dataclass
+class Sandbox:
+    """A task, its simulated network and the engine that runs its rounds."""
+
+    loaded: LoadedTask
+    store: Store
+    network: Network
+    clock: SimulatedClock
+    engine: RoundEngine
+
+    def begin(self, round_number: int) -> None:
+        """Put the simulated clock at the round's first slot."""
+        engine = self.engine
+        self.clock.set_ms(engine.slot_clock.ms_of_slot(engine.schedule.round_start(round_number)))
+
+    def plan(self, *, rounds: int | None, round_number: int | None) -> list[int]:
+        """The rounds a run covers: ``--round N`` alone, or the next ``--rounds R``."""
+        if round_number is not None:
+            if round_number < 0:
+                raise RoundError(f"--round must be 0 or more, got {round_number}")
+            return [round_number]
+        start = self.engine.next_round()
+        return list(range(start, start + (1 if rounds is None else rounds)))
+
+    def run_round(self, round_number: int) -> RoundResult:
+        """One whole round in this thread, without Prefect."""
+        self.begin(round_number)
+        return self.engine.run(round_number)
+
+    def close(self) -> None:
+        self.engine.pool.close()
+
+
+_cache: dict[tuple[object, ...], Sandbox] = {}
+_cache_lock = threading.Lock()
+
+
+def open_sandbox(
+    task_dir: Path | str,
+    *,
+    store: str | None = None,
+    nodes: int | None = None,
+    seed: int | None = None,
+    adversaries: dict[str, int] | None = None,
+    workers: int = 4,
+    shard_size: int | None = None,
+) -> Sandbox:
+    """The sandbox for a task directory and store, made once per process."""
+    loaded = load_task(task_dir)
+    the_store = open_store(store)
+    key = (
+        loaded.directory,
+        the_store.url,
+        nodes,
+        seed,
+        tuple(sorted((adversaries or {}).items())),
+        workers,
+        shard_size,
+    )
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = _make(loaded, the_store, nodes, seed, adversaries, workers, shard_size)
+        return _cache[key]
+
+
+def _make(
+    loaded: LoadedTask,
+    store: Store,
+    nodes: int | None,
+    seed: int | None,
+    adversaries: dict[str, int] | None,
+    workers: int,
+    shard_size: int | None,
+) -> Sandbox:
+    network = open_sandbox_network(store, loaded, nodes=nodes, seed=seed, adversaries=adversaries)
+    assert network.orchestrator_key is not None
+    config = loaded.config
+    clock = SimulatedClock()
+    slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
+    from koiitasks.clock import Schedule  # noqa: PLC0415
+
+    schedule = Schedule(
+        starting_slot=network.task.starting_slot,
+        round_time=config.round_time,
+        submission_window=config.submission_window,
+        audit_window=config.audit_window,
+    )
+    runtimes = {
+        node_id: NodeRuntime(
+            loaded,
+            key,
+            schedule=schedule,
+            slot_clock=slot_clock,
+            orchestrator=network.orchestrator_key.public_id,
+        )
+        for node_id, key in network.keys.items()
+    }
+    window_s = (config.round_time + config.submission_window) * config.slot_ms / 1000
+    pool = SimulatedPool(
+        runtimes,
+        network.behaviours(),
+        schedule=schedule,
+        slot_ms=config.slot_ms,
+        clock=clock,
+        seed=network.task.network.seed if network.task.network else 0,
+        workers=workers,
+        hook_timeout_s=max(1.0, window_s),
+    )
+    engine = RoundEngine(
+        config=config,
+        store=store,
+        network=network,
+        orchestrator=network.orchestrator_key,
+        pool=pool,
+        slot_clock=slot_clock,
+        **({"shard_size": shard_size} if shard_size else {}),
+    )
+    return Sandbox(loaded=loaded, store=store, network=network, clock=clock, engine=engine)
