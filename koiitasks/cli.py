@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import TyperException
 
-from koiitasks.errors import KoiiTasksError, RecordError
+from koiitasks.errors import ConfigError, KoiiTasksError
 from koiitasks.settings import load_settings
 
 app = typer.Typer(
@@ -148,13 +149,14 @@ def run(
             if json_out:
                 print(result.model_dump_json(), flush=True)
             else:
-                out.print(result.summary(), highlight=False, soft_wrap=True)
+                out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
     if not json_out:
         ledger = sandbox.engine.ledger
         out.print(
             f"ledger: {len(ledger.entries)} settled rounds, {ledger.total_credited:,} of "
             f"{sandbox.loaded.config.total_bounty_amount:,} credited, "
             f"{ledger.total_slashed:,} slashed. Check it: koiitasks ledger verify --store {url}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -192,11 +194,11 @@ def _resolve_task(store_url: str, task: str | None) -> str:
     if len(ids) == 1:
         return ids[0]
     if not ids:
-        raise RecordError(
+        raise ConfigError(
             f"no task in {store_url}",
             hint="run `koiitasks run TASK_DIR` first, or pass --store where the task ran",
         )
-    raise RecordError(
+    raise ConfigError(
         f"{store_url} holds several tasks ({', '.join(ids)})", hint="choose one with --task"
     )
 
@@ -297,16 +299,20 @@ def main() -> None:
     except KoiiTasksError as e:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         if e.hint:
-            err.print(f"  hint: {e.hint}", highlight=False, soft_wrap=True)
+            err.print(f"  hint: {e.hint}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except TyperException as e:  # usage errors: typer shows them with the usage line
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"error: {e.format_message()}", markup=False, highlight=False)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
@@ -316,7 +322,7 @@ def main() -> None:
         if debug:
             raise
         err.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {e}\n"
+            f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}\n"
             "  this is a bug in koiitasks; rerun with KOII_DEBUG=1 for the traceback and report it",
             highlight=False,
         )

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from koiitasks.clock import SimulatedClock, SlotClock
+from koiitasks.clock import Schedule, SimulatedClock, SlotClock
 from koiitasks.errors import RoundError
 from koiitasks.network import Network, open_sandbox_network
 from koiitasks.nodes.runtime import NodeRuntime
@@ -83,26 +83,38 @@ def open_sandbox(
     )
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _make(loaded, the_store, nodes, seed, adversaries, workers, shard_size)
+            _cache[key] = build_sandbox(
+                loaded,
+                the_store,
+                nodes=nodes,
+                seed=seed,
+                adversaries=adversaries,
+                workers=workers,
+                shard_size=shard_size,
+            )
         return _cache[key]
 
 
-def _make(
+def build_sandbox(
     loaded: LoadedTask,
     store: Store,
-    nodes: int | None,
-    seed: int | None,
-    adversaries: dict[str, int] | None,
-    workers: int,
-    shard_size: int | None,
+    *,
+    nodes: int | None = None,
+    seed: int | None = None,
+    adversaries: dict[str, int] | None = None,
+    stake: int | None = None,
+    workers: int = 4,
+    shard_size: int | None = None,
+    hook_timeout_s: float | None = None,
 ) -> Sandbox:
-    network = open_sandbox_network(store, loaded, nodes=nodes, seed=seed, adversaries=adversaries)
+    """A new sandbox (not cached): a fresh engine over ``store``, as a new process would make."""
+    network = open_sandbox_network(
+        store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, stake=stake
+    )
     assert network.orchestrator_key is not None
     config = loaded.config
     clock = SimulatedClock()
     slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
-    from koiitasks.clock import Schedule  # noqa: PLC0415
-
     schedule = Schedule(
         starting_slot=network.task.starting_slot,
         round_time=config.round_time,
@@ -128,7 +140,7 @@ def _make(
         clock=clock,
         seed=network.task.network.seed if network.task.network else 0,
         workers=workers,
-        hook_timeout_s=max(1.0, window_s),
+        hook_timeout_s=hook_timeout_s if hook_timeout_s is not None else max(1.0, window_s),
     )
     engine = RoundEngine(
         config=config,

@@ -1,0 +1,63 @@
+"""Shared fixtures: an isolated Prefect home, one Prefect API for the whole session.
+
+Prefect reads its settings when first imported, so the environment is set here, at import time,
+before any test module imports prefect. Prefect never phones home from tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="koiitasks-prefect-home-")
+os.environ.update(
+    {
+        "PREFECT_HOME": _PREFECT_HOME,
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
+)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("KOII_STORE", None)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+HASH_PUZZLE = EXAMPLES / "hash-puzzle"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect API server (the test harness's) for the session; yields its URL.
+
+    Entering the harness costs several seconds, so every flow test and every CLI subprocess
+    shares it (subprocesses get it through PREFECT_API_URL).
+    """
+    from prefect.settings import (  # noqa: PLC0415 - imported after the environment is set
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness  # noqa: PLC0415
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        url = PREFECT_API_URL.value()
+        assert url, "the Prefect test harness did not set an API URL"
+        yield str(url)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a `koiitasks` subprocess: no Prefect server of its own, no KOII_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOII_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["COLUMNS"] = "200"
+    return env

@@ -1,0 +1,283 @@
+"""Specifications of the `koiitasks` command line, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from koiitasks.storage import Layout
+from tests.conftest import HASH_PUZZLE
+
+ALL_KINDS = ("offline", "lazy", "forger", "replayer", "late", "bad-auditor")
+
+
+def koiitasks(
+    *args: str, env: dict[str, str], cwd: Path, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess with the same interpreter."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "koiitasks", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"koiitasks {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], prefect_api: str) -> dict[str, str]:
+    """A CLI environment whose flows report to the session's Prefect API."""
+    return {**cli_env, "PREFECT_API_URL": prefect_api}
+
+
+class TestRun:
+    """`koiitasks run`."""
+
+    def test_json_contract_with_every_adversary_kind(
+        self, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """--json prints one object per settled round with the contracted keys and outcomes."""
+        adversaries = [arg for kind in ALL_KINDS for arg in ("--adversary", f"{kind}=1")]
+        proc = koiitasks(
+            "run", str(HASH_PUZZLE), "--nodes", "18", "--rounds", "2", "--seed", "4",
+            *adversaries, "--json", env=env, cwd=tmp_path, check=True,
+        )  # fmt: skip
+        rounds = json_lines(proc.stdout)
+        assert [r["round"] for r in rounds] == [0, 1]
+        expected = {
+            "honest": "approved",
+            "bad-auditor": "approved",
+            "offline": "missing",
+            "lazy": "rejected",
+            "forger": "refused",
+            "replayer": "refused",
+            "late": "refused",
+        }
+        for r in rounds:
+            assert {"task_id", "round", "bounty", "distribution_accepted", "nodes"} <= set(r)
+            assert r["task_id"] == "hash-puzzle"
+            assert r["distribution_accepted"] is True
+            assert sum(n["credit"] for n in r["nodes"].values()) <= r["bounty"]
+            for node in r["nodes"].values():
+                assert {"behaviour", "outcome", "credit", "slash"} <= set(node)
+                assert node["outcome"] == expected[node["behaviour"]]
+                assert (node["credit"] > 0) == (node["outcome"] == "approved")
+                assert (node["slash"] > 0) == (node["behaviour"] == "lazy")
+        assert (tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / "task.json").is_file()
+
+    def test_human_output_summarises_each_round(self, env: dict[str, str], tmp_path: Path) -> None:
+        """Without --json each round gets a readable line and the run ends with the ledger."""
+        proc = koiitasks(
+            "run", str(HASH_PUZZLE), "--nodes", "5", "--rounds", "2", "--plain",
+            env=env, cwd=tmp_path, check=True,
+        )  # fmt: skip
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("round 0: 5 approved; paid 1,000,000,000")
+        assert lines[1].startswith("round 1: ")
+        assert "koiitasks ledger verify" in lines[-1]
+        assert "Traceback" not in proc.stderr
+
+    def test_rounds_continue_and_a_settled_round_is_left_alone(
+        self, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """--rounds continues after the last settled round; --round N on a settled round says
+        so and changes nothing."""
+        base = ("run", str(HASH_PUZZLE), "--plain", "--json")
+        koiitasks(*base, "--nodes", "4", "--rounds", "2", env=env, cwd=tmp_path, check=True)
+        more = json_lines(
+            koiitasks(*base, "--rounds", "1", env=env, cwd=tmp_path, check=True).stdout
+        )
+        assert [r["round"] for r in more] == [2]
+        again = json_lines(
+            koiitasks(*base, "--round", "1", env=env, cwd=tmp_path, check=True).stdout
+        )
+        assert again[0]["round"] == 1
+        assert again[0]["already_settled"] is True
+
+    def test_a_different_network_on_the_same_store_is_refused(
+        self, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """Asking an existing store for another node count exits 2 and says what differs."""
+        koiitasks(
+            "run", str(HASH_PUZZLE), "--nodes", "4", "--plain", env=env, cwd=tmp_path, check=True
+        )
+        proc = koiitasks("run", str(HASH_PUZZLE), "--nodes", "6", "--plain", env=env, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert "nodes=4" in proc.stderr
+        assert "nodes=6" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+class TestBadInput:
+    """Bad input: a clear error, exit code 2, never a traceback."""
+
+    @pytest.mark.parametrize(
+        ("config", "expected"),
+        [
+            pytest.param(
+                "task_name: x\n", "missing required field 'round_time'", id="missing-field"
+            ),
+            pytest.param("round_tme: 3\n", "did you mean 'round_time'", id="unknown-field"),
+            pytest.param(
+                "task_name: x\nround_time: 5\nsubmission_window: 4\naudit_window: 4\n"
+                "minimum_stake_amount: 1\ntotal_bounty_amount: 10\nbounty_amount_per_round: 1\n",
+                "round_time (5) must be at least",
+                id="windows-longer-than-round",
+            ),
+            pytest.param(
+                "task_name: x\nround_time: 10\nsubmission_window: 4\naudit_window: 4\n"
+                "minimum_stake_amount: -1\ntotal_bounty_amount: 10\nbounty_amount_per_round: 1\n",
+                "minimum_stake_amount",
+                id="negative-amount",
+            ),
+            pytest.param(
+                "task_name: x\nround_time: 10\nsubmission_window: 4\naudit_window: 4\n"
+                "minimum_stake_amount: 1\ntotal_bounty_amount: 10\nbounty_amount_per_round: 11\n",
+                "must not exceed total_bounty_amount",
+                id="round-bounty-above-total",
+            ),
+            pytest.param("task_name: [unclosed\n", "not valid YAML at line", id="bad-yaml"),
+        ],
+    )
+    def test_malformed_config(
+        self, cli_env: dict[str, str], tmp_path: Path, config: str, expected: str
+    ) -> None:
+        """A malformed config-task.yml names the file and the field."""
+        task_dir = tmp_path / "task"
+        task_dir.mkdir()
+        (task_dir / "config-task.yml").write_text(config)
+        (task_dir / "task.py").write_text((HASH_PUZZLE / "task.py").read_text())
+        proc = koiitasks("run", str(task_dir), "--plain", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert "config-task.yml" in proc.stderr
+        assert expected in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+    @pytest.mark.parametrize(
+        ("source", "expected"),
+        [
+            pytest.param(None, "task.py: no such file", id="no-task-py"),
+            pytest.param("import nothing_here\n", "ModuleNotFoundError", id="import-error"),
+            pytest.param("x = 1\n", "defines no module-level `task", id="no-task"),
+            pytest.param(
+                "from koiitasks import Task\ntask = Task()\n",
+                "no execute and no audit hook",
+                id="no-hooks",
+            ),
+        ],
+    )
+    def test_broken_task_py(
+        self, cli_env: dict[str, str], tmp_path: Path, source: str | None, expected: str
+    ) -> None:
+        """A task.py that is missing, fails to import or registers no hooks is named."""
+        task_dir = tmp_path / "task"
+        task_dir.mkdir()
+        (task_dir / "config-task.yml").write_text((HASH_PUZZLE / "config-task.yml").read_text())
+        if source is not None:
+            (task_dir / "task.py").write_text(source)
+        proc = koiitasks("run", str(task_dir), "--plain", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert expected in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+    @pytest.mark.parametrize(
+        ("args", "expected"),
+        [
+            pytest.param(["run", "no-such-dir"], "does not exist", id="missing-task-dir"),
+            pytest.param(
+                ["run", str(HASH_PUZZLE), "--adversary", "evil=2"],
+                "is not KIND=COUNT",
+                id="unknown-adversary",
+            ),
+            pytest.param(
+                ["run", str(HASH_PUZZLE), "--nodes", "3", "--adversary", "lazy=4"],
+                "4 adversaries asked for a network of 3",
+                id="more-adversaries-than-nodes",
+            ),
+            pytest.param(["run", str(HASH_PUZZLE), "--nodes", "1"], "--nodes", id="one-node"),
+            pytest.param(["ledger", "show"], "no task in", id="empty-store"),
+            pytest.param(
+                ["run", str(HASH_PUZZLE), "--store", "ftp://x"],
+                "unknown store URL",
+                id="bad-store-url",
+            ),
+        ],
+    )
+    def test_bad_arguments(
+        self, cli_env: dict[str, str], tmp_path: Path, args: list[str], expected: str
+    ) -> None:
+        """Bad arguments exit 2 with a message that says what was wrong."""
+        proc = koiitasks(
+            *args, "--plain" if args[0] == "run" else "--json", env=cli_env, cwd=tmp_path
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+    def test_help_teaches_with_examples(self, cli_env: dict[str, str], tmp_path: Path) -> None:
+        """`run --help` explains the options and shows example commands."""
+        proc = koiitasks("run", "--help", env=cli_env, cwd=tmp_path, check=True)
+        assert "--adversary" in proc.stdout
+        assert "koiitasks run examples/hash-puzzle" in proc.stdout
+
+
+class TestLedgerCommands:
+    """`koiitasks ledger show` and `ledger verify`."""
+
+    def test_show_json_and_verify(self, cli_env: dict[str, str], tmp_path: Path) -> None:
+        """show --json reports balances, stakes and totals; verify passes on a fresh ledger."""
+        koiitasks(
+            "run", str(HASH_PUZZLE), "--nodes", "6", "--rounds", "2", "--seed", "1",
+            "--adversary", "lazy=1", "--plain", env=cli_env, cwd=tmp_path, check=True,
+        )  # fmt: skip
+        shown = json.loads(
+            koiitasks("ledger", "show", "--json", env=cli_env, cwd=tmp_path, check=True).stdout
+        )
+        assert shown["task_id"] == "hash-puzzle"
+        assert sum(shown["balances"].values()) == shown["total_credited"] == 2_000_000_000
+        assert shown["bounty_remaining"] == 100_000_000_000 - 2_000_000_000
+        assert shown["total_slashed"] > 0
+        assert len(shown["stakes"]) == 6
+        verified = koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path)
+        assert verified.returncode == 0
+        assert verified.stdout.startswith("ok: 2 ledger entries")
+
+    def test_verify_fails_naming_a_changed_record(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """After one byte of a ledger record changes, verify exits 1 and names the record."""
+        koiitasks(
+            "run",
+            str(HASH_PUZZLE),
+            "--nodes",
+            "4",
+            "--rounds",
+            "2",
+            "--plain",
+            env=cli_env,
+            cwd=tmp_path,
+            check=True,
+        )
+        key = Layout("hash-puzzle").ledger_entry(0)
+        path = tmp_path / ".koiitasks" / key
+        data = bytearray(path.read_bytes())
+        data[data.index(b'"round_credited":') + 17] ^= 1
+        path.write_bytes(bytes(data))
+        proc = koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 1
+        assert "0000000000.json" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -1,0 +1,102 @@
+"""Specifications of the round flow under a real Prefect API (the session's test harness)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterName,
+)
+
+from flows.round import sandbox_round
+from koiitasks.round_result import RoundResult
+from koiitasks.storage import FileStore, Layout
+from koiitasks.testing import sandbox
+from tests.conftest import HASH_PUZZLE
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+async def _flow_runs(name: str) -> list[Any]:
+    async with get_client() as client:
+        return list(
+            await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            )
+        )
+
+
+async def _artifacts(flow_run_id: Any) -> list[Any]:
+    async with get_client() as client:
+        return list(
+            await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+        )
+
+
+class TestRoundFlow:
+    """One Prefect flow run per round, composed of the library's steps."""
+
+    def test_flow_writes_the_same_ledger_as_the_library(self, tmp_path: Path) -> None:
+        """The flow and plain library calls, with the same seed, write the same ledger bytes."""
+        store = tmp_path / "flow-store"
+        options: dict[str, Any] = {"store": str(store), "nodes": 9, "seed": 21}
+        options["adversaries"] = {"lazy": 1, "offline": 1}
+        for n in range(2):
+            result = RoundResult.model_validate(
+                sandbox_round(task_dir=str(HASH_PUZZLE), round_number=n, **options)
+            )
+            assert result.round == n
+            assert result.distribution_accepted
+
+        plain = sandbox(HASH_PUZZLE, nodes=9, seed=21, adversaries={"lazy": 1, "offline": 1})
+        for n in range(2):
+            plain.run_round(n)
+        layout = Layout("hash-puzzle")
+        flow_store = FileStore(store)
+        assert [flow_store.read(k) for k in flow_store.list(layout.ledger)] == [
+            plain.store.read(k) for k in plain.store.list(layout.ledger)
+        ]
+
+    def test_flow_run_is_named_after_task_and_round_and_carries_artifacts(
+        self, tmp_path: Path
+    ) -> None:
+        """The flow run is called `{task}-round-{N}`, completes, and has the round summary and
+        the payouts table as artifacts."""
+        sandbox_round(
+            task_dir=str(HASH_PUZZLE),
+            round_number=0,
+            store=str(tmp_path / "named"),
+            nodes=4,
+            seed=99,
+        )
+        runs = asyncio.run(_flow_runs("hash-puzzle-round-0"))
+        assert runs, "no flow run named hash-puzzle-round-0"
+        run = runs[0]
+        assert run.state is not None
+        assert run.state.is_completed()
+        artifacts = asyncio.run(_artifacts(run.id))
+        keys = {a.key for a in artifacts}
+        assert {"hash-puzzle-round-summary", "hash-puzzle-payouts"} <= keys
+        table = next(a for a in artifacts if a.key == "hash-puzzle-payouts")
+        assert table.type == "table"
+
+    def test_rerunning_a_settled_round_in_a_flow_changes_nothing(self, tmp_path: Path) -> None:
+        """A flow run of a settled round reports it settled and writes nothing."""
+        options: dict[str, Any] = {"store": str(tmp_path / "again"), "nodes": 4, "seed": 7}
+        first = sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options)
+        files = sorted(p for p in (tmp_path / "again").rglob("*") if p.is_file())
+        second = sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options)
+        assert second["already_settled"]
+        assert not first["already_settled"]
+        assert sorted(p for p in (tmp_path / "again").rglob("*") if p.is_file()) == files
