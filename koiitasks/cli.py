@@ -60,6 +60,8 @@ def _setup_logging(verbose: bool) -> None:
     """Hook failures and warnings to stderr; Prefect's chatter only with --verbose."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "koiitasks")
+    # A temporary server started for a sandbox run has no network to report to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("koiitasks")
