@@ -82,13 +82,15 @@ def tally_votes(
     assignments: Mapping[str, list[str]],
     submission_hashes: Mapping[str, str],
 ) -> dict[str, Verdict]:
-    """Count the votes that count: by an assigned auditor, on the exact submission it was given."""
+    """Count the votes that count: by an assigned auditor, on the exact submission it was given,
+    once per auditor and submitter."""
     verdicts = {submitter: Verdict() for submitter in submission_hashes}
     for report in reports:
         allowed = set(assignments.get(report.body.auditor, ()))
         for vote in report.body.votes:
             if vote.submitter not in allowed:
                 continue
+            allowed.discard(vote.submitter)  # one vote per auditor per submitter: the first
             if submission_hashes.get(vote.submitter) != vote.submission_hash:
                 continue
             verdict = verdicts[vote.submitter]

@@ -103,7 +103,7 @@ class Window:
     end: int
 
     def __contains__(self, slot: object) -> bool:
-        return isinstance(slot, int) and self.start <= slot < self.end
+        return type(slot) is int and self.start <= slot < self.end
 
     def __str__(self) -> str:
         return f"slots {self.start}..{self.end - 1}"

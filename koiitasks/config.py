@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from koiitasks.errors import ConfigError
 from koiitasks.model import KoiiModel, TaskId
@@ -73,15 +80,27 @@ class TaskConfig(KoiiModel):
         "minimum_stake_amount",
         "total_bounty_amount",
         "bounty_amount_per_round",
+        "allowed_failed_distributions",
+        "auditors_per_submission",
+        "slash_fraction",
+        "slot_ms",
+        "max_result_bytes",
         mode="before",
     )
     @classmethod
-    def _whole_numbers(cls, value: Any) -> Any:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(
-                "must be a whole number (amounts are in base units: 1 KOII = 10^9 ROE, "
-                "so 1.9 KOII is 1900000000)"
-            )
+    def _numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML's true, "10" and 1.9 would be quietly turned into numbers; say what is wrong.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")  # noqa: TRY004 - pydantic
+        if isinstance(value, str):  # reports ValueError as a validation error; TypeError escapes
+            raise ValueError("must be a number, not a string (remove the quotes)")  # noqa: TRY004
+        if info.field_name != "slash_fraction" and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(
+                    "must be a whole number (amounts are in base units: 1 KOII = 10^9 ROE, "
+                    "so 1.9 KOII is 1900000000)"
+                )
+            return int(value)
         return value
 
     @model_validator(mode="after")

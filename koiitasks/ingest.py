@@ -60,7 +60,8 @@ def ingest(reply: Reply, rules: IngestRules) -> Accepted | Refused | None:
     return Accepted(
         submission=submission,
         received_slot=received_slot,
-        completion_slots=submission.body.response_slot - request_slot,
+        # The orchestrator's own receipt, not the node's claim: a node cannot fake being fast.
+        completion_slots=received_slot - request_slot,
         completion_ms=max(0, reply.received_ms - rules.slot_clock.ms_of_slot(request_slot)),
     )
 

@@ -180,6 +180,16 @@ def load_task(directory: Path | str) -> LoadedTask:
         return loaded
 
 
+def _describe_import_error(error: BaseException) -> str:
+    """The error and where in the task's own code it happened."""
+    if isinstance(error, SyntaxError):
+        return f"SyntaxError: {error.msg} ({Path(error.filename or '?').name}, line {error.lineno})"
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if not f.filename.startswith("<frozen")] or frames
+    where = f" ({Path(own[-1].filename).name}, line {own[-1].lineno})" if own else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
 def _load_uncached(directory: Path) -> LoadedTask:
     if not directory.is_dir():
         raise TaskLoadError(
@@ -202,13 +212,9 @@ def _load_uncached(directory: Path) -> LoadedTask:
     try:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         sys.modules.pop(module_name, None)
-        frame = traceback.extract_tb(e.__traceback__)[-1]
-        raise TaskLoadError(
-            f"{path}: failed to import: {type(e).__name__}: {e} "
-            f"({Path(frame.filename).name}, line {frame.lineno})"
-        ) from e
+        raise TaskLoadError(f"{path}: failed to import: {_describe_import_error(e)}") from e
     finally:
         sys.path.remove(str(directory))
     task = getattr(module, "task", None)

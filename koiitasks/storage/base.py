@@ -13,7 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from koiitasks.errors import InvalidKey, RecordConflict, RecordNotFound
+from koiitasks.errors import InvalidKey, RecordConflict, RecordNotFound, StorageUnavailable
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 MAX_KEY_LENGTH = 512
@@ -28,7 +28,7 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(f"invalid storage key {key!r}: empty or longer than {MAX_KEY_LENGTH}")
     for segment in key.split("/"):
-        if not _SEGMENT.match(segment) or segment in {".", ".."}:
+        if not _SEGMENT.fullmatch(segment) or segment in {".", ".."}:
             raise InvalidKey(
                 f"invalid storage key {key!r}: segment {segment!r} is not allowed",
                 hint="keys are made of letters, digits, '.', '_' and '-' segments",
@@ -62,8 +62,16 @@ class Store(ABC):
         if self._create(key, data):
             return True
         existing = self._read(key)
-        if existing is None:  # deleted behind our back between the two calls: try once more
-            return self._create(key, data) or self.create(key, data)
+        if existing is None:
+            # Deleted behind our back between the two calls, or the key is a folder: try once.
+            if self._create(key, data):
+                return True
+            existing = self._read(key)
+            if existing is None:
+                raise StorageUnavailable(
+                    f"cannot create record {key!r} in {self.url}: the name is taken by "
+                    "something that is not a record (a folder?)"
+                )
         if existing != data:
             raise RecordConflict(
                 f"record {key!r} in {self.url} already exists with different content",

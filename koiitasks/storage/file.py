@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from koiitasks.errors import StorageUnavailable
-from koiitasks.storage.base import Store
+from koiitasks.storage.base import Store, check_prefix
 
 _TMP_PREFIX = ".tmp-"
 
@@ -70,6 +70,7 @@ class FileStore(Store):
             ) from e
 
     def children(self, prefix: str) -> list[str]:
+        check_prefix(prefix)
         folder = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
             return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

@@ -1,0 +1,80 @@
+"""What every command shares: consoles, options, the store URL, logging, task lookup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from koiitasks.errors import ConfigError
+from koiitasks.settings import load_settings
+
+err = Console(stderr=True)
+out = Console()
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Where records live: a folder, file://PATH, s3://BUCKET[/PREFIX] or moto://BUCKET. "
+        "Default: $KOII_STORE or .koiitasks in the current folder.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts on stdout.")]
+TaskOption = Annotated[
+    str | None,
+    typer.Option("--task", help="Task id or task folder (default: the store's only task)."),
+]
+
+
+def store_url(store: str | None) -> str:
+    """The store URL a command uses: the option, else $KOII_STORE, else .koiitasks; paths made
+    absolute so flows and subprocesses see the same folder."""
+    url = store or load_settings().store
+    if "://" not in url:
+        return str(Path(url).absolute())
+    return url
+
+
+def setup_logging(verbose: bool) -> None:
+    """Hook failures and warnings to stderr; Prefect's chatter only with --verbose."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "koiitasks")
+    # A temporary server started for a sandbox run has no network to report to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("koiitasks")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+    if not verbose:  # refusals are in the summary; say them once, not once per node
+        logging.getLogger("koiitasks.round").setLevel(logging.ERROR)
+
+
+def resolve_task(url: str, task: str | None) -> str:
+    from koiitasks.storage import open_store  # noqa: PLC0415
+
+    if task is not None:
+        if Path(task).is_dir():
+            from koiitasks.task import load_task  # noqa: PLC0415
+
+            return load_task(task).task_id
+        return task
+    ids = open_store(url).children("tasks/")
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise ConfigError(
+            f"no task in {url}",
+            hint="run `koiitasks run TASK_DIR` first, or pass --store where the task ran",
+        )
+    raise ConfigError(
+        f"{url} holds several tasks ({', '.join(ids)})", hint="choose one with --task"
+    )

@@ -1,0 +1,102 @@
+"""`koiitasks ledger show` and `ledger verify`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from koiitasks.cli._common import (
+    JsonOption,
+    StoreOption,
+    TaskOption,
+    out,
+    resolve_task,
+    store_url,
+)
+
+app = typer.Typer(help="Inspect and verify a task's reward ledger.", no_args_is_help=True)
+
+
+@app.command("show")
+def ledger_show(
+    store: StoreOption = None, task: TaskOption = None, json_out: JsonOption = False
+) -> None:
+    """Balances, stakes and totals per node, from the ledger.
+
+    koiitasks ledger show
+    koiitasks ledger show --json | jq .balances
+    """
+    from koiitasks.config import TaskConfig  # noqa: PLC0415
+    from koiitasks.ledger import read_ledger  # noqa: PLC0415
+    from koiitasks.network import load_network  # noqa: PLC0415
+    from koiitasks.storage import open_store  # noqa: PLC0415
+
+    url = store_url(store)
+    task_id = resolve_task(url, task)
+    the_store = open_store(url)
+    network = load_network(the_store, task_id)
+    state = read_ledger(the_store, task_id, orchestrator=network.record.signer)
+    config = TaskConfig.model_validate(network.task.config)
+    balances = state.balances()
+    stakes = state.stakes({n: r.stake for n, r in network.nodes.items()})
+    doc = {
+        "task_id": task_id,
+        "orchestrator": network.record.signer,
+        "settled_rounds": [e.body.round for e in state.entries],
+        "balances": {n: balances.get(n, 0) for n in sorted(network.nodes)},
+        "stakes": dict(sorted(stakes.items())),
+        "total_credited": state.total_credited,
+        "total_slashed": state.total_slashed,
+        "bounty_remaining": config.total_bounty_amount - state.total_credited,
+    }
+    if json_out:
+        print(json.dumps(doc))
+        return
+    table = Table(title=f"{task_id}: {len(state.entries)} settled rounds")
+    for column in ("node", "behaviour", "balance", "stake"):
+        table.add_column(column, justify="right" if column in {"balance", "stake"} else "left")
+    for node in sorted(network.nodes, key=lambda n: (-balances.get(n, 0), n)):
+        table.add_row(
+            node, network.nodes[node].behaviour, f"{balances.get(node, 0):,}", f"{stakes[node]:,}"
+        )
+    out.print(table)
+    out.print(
+        f"credited {state.total_credited:,}, slashed {state.total_slashed:,}, "
+        f"bounty remaining {doc['bounty_remaining']:,}",
+        highlight=False,
+    )
+
+
+@app.command("verify")
+def ledger_verify(
+    store: StoreOption = None,
+    task: TaskOption = None,
+    orchestrator: Annotated[
+        str | None,
+        typer.Option(help="Expected orchestrator public key; default: the one task.json names."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Check every signature, the hash chain and conservation, offline.
+
+    Exits 0 when everything holds, 1 naming the first bad record otherwise.
+    """
+    from koiitasks.ledger import verify_ledger  # noqa: PLC0415
+    from koiitasks.storage import open_store  # noqa: PLC0415
+
+    url = store_url(store)
+    task_id = resolve_task(url, task)
+    report = verify_ledger(open_store(url), task_id, orchestrator=orchestrator)
+    if json_out:
+        print(json.dumps({"ok": True, **report.__dict__}))
+        return
+    out.print(
+        f"ok: {report.entries} ledger entries of task {report.task_id} verified "
+        f"({report.records_checked} records; orchestrator {report.orchestrator}); "
+        f"credited {report.total_credited:,}, slashed {report.total_slashed:,}",
+        highlight=False,
+        soft_wrap=True,
+    )
