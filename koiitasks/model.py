@@ -29,6 +29,9 @@ TaskId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 """A SHA-256 digest in lowercase hex."""
 
+SignatureHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{128}$")]
+"""An ed25519 signature in lowercase hex: one spelling per signature, so no byte can change."""
+
 
 class KoiiModel(BaseModel):
     """Base of every koiitasks model: strict about unknown fields, validated on assignment."""

@@ -35,7 +35,7 @@ from koiitasks.nodes.base import NodePool, Reply
 from koiitasks.protocol import (
     AcceptedSubmission,
     AuditReport,
-    Body,
+    B,
     DistributionAudit,
     DistributionList,
     LedgerEntry,
@@ -118,13 +118,18 @@ class RoundEngine:
         )
         self._tallies: dict[int, Tally] = {}
         self._accepted: dict[int, dict[str, Signed[AcceptedSubmission]]] = {}
+        self._answered_nodes: dict[int, set[str]] = {}
+        self._accepted_listed: set[int] = set()
+        self._eligible: dict[int, list[str]] = {}
+        self._assignments: dict[int, dict[str, list[str]]] = {}
+        self._reports: dict[int, dict[str, Signed[AuditReport]]] = {}
 
     # --- records ---------------------------------------------------------------------------
 
     def _store(self, key: str, record: Signed[Any]) -> None:
         self.store.create(key, record.encode())
 
-    def _load(self, key: str, body_type: type[Body]) -> Signed[Body] | None:
+    def _load(self, key: str, body_type: type[B]) -> Signed[B] | None:
         raw = self.store.read_or_none(key)
         return None if raw is None else decode(raw, body_type, where=key)
 
@@ -139,7 +144,7 @@ class RoundEngine:
         key = f"{self.layout.round(round_number)}requests/{phase.value}.json"
         stored = self._load(key, RoundRequest)
         if stored is not None:
-            return stored  # type: ignore[return-value]
+            return stored
         request = sign(
             RoundRequest(
                 task_id=self.task_id,
@@ -171,6 +176,11 @@ class RoundEngine:
         )
         self._tallies.clear()
         self._accepted.clear()
+        self._answered_nodes.clear()
+        self._accepted_listed.clear()
+        self._eligible.clear()
+        self._assignments.clear()
+        self._reports.clear()
 
     def next_round(self) -> int:
         """The round after the last settled one (0 on a new ledger)."""
@@ -185,8 +195,13 @@ class RoundEngine:
         return self.ledger.stakes(self._registered(), through_round=round_number - 3)
 
     def eligible(self, round_number: int) -> list[str]:
-        minimum = self.config.minimum_stake_amount
-        return sorted(n for n, s in self.stakes(round_number).items() if s >= minimum and s > 0)
+        """Nodes staked at least the minimum as round N sees it (fixed by rounds up to N-3)."""
+        if round_number not in self._eligible:
+            minimum = self.config.minimum_stake_amount
+            self._eligible[round_number] = sorted(
+                n for n, s in self.stakes(round_number).items() if s >= minimum and s > 0
+            )
+        return self._eligible[round_number]
 
     def shards(self, node_ids: Sequence[str]) -> list[list[str]]:
         ids = list(node_ids)
@@ -227,12 +242,8 @@ class RoundEngine:
     def execute_shard(self, round_number: int, node_ids: Sequence[str]) -> dict[str, int]:
         """Ask the shard's nodes that have no stored answer yet; store what passes ingest."""
         request = self._execute_request(round_number)
-        todo = [
-            node
-            for node in node_ids
-            if not self.store.exists(self.layout.submission(round_number, node))
-            and not self.store.exists(self.layout.refusal(round_number, node))
-        ]
+        answered = self._answered(round_number)
+        todo = [node for node in node_ids if node not in answered]
         counts = {"accepted": 0, "refused": 0, "missing": 0, "skipped": len(node_ids) - len(todo)}
         if not todo:
             return counts
@@ -243,24 +254,48 @@ class RoundEngine:
             slot_clock=self.slot_clock,
             max_result_bytes=self.config.max_result_bytes,
         )
+        records: list[tuple[str, Signed[Any]]] = []
         for reply in self.pool.execute(request, todo):
-            counts[self._ingest_one(round_number, reply, rules)] += 1
+            outcome, keyed = self._ingest_one(round_number, reply, rules)
+            counts[outcome] += 1
+            if keyed is not None:
+                records.append(keyed)
+        # One batch per shard: the store makes the shard durable at once (one folder fsync).
+        self.store.create_many([(key, record.encode()) for key, record in records])
+        accepted = self._accepted.setdefault(round_number, {})
+        for key, record in records:
+            answered.add(Layout.name_of(key))
+            if isinstance(record.body, AcceptedSubmission):
+                accepted[record.body.node_id] = record
         return counts
+
+    def _answered(self, round_number: int) -> set[str]:
+        """Nodes with a stored submission or refusal: listed once per round, then kept."""
+        if round_number not in self._answered_nodes:
+            self._answered_nodes[round_number] = {
+                Layout.name_of(key)
+                for prefix in (self.layout.submissions, self.layout.refusals)
+                for key in self.store.list(prefix(round_number))
+            }
+        return self._answered_nodes[round_number]
 
     def _execute_request(self, round_number: int) -> Signed[RoundRequest]:
         key = f"{self.layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
         stored = self._load(key, RoundRequest)
         if stored is None:
             raise RoundError(f"round {round_number} was not opened; call open_round first")
-        return stored  # type: ignore[return-value]
+        return stored
 
-    def _ingest_one(self, round_number: int, reply: Reply, rules: IngestRules) -> str:
+    def _ingest_one(
+        self, round_number: int, reply: Reply, rules: IngestRules
+    ) -> tuple[str, tuple[str, Signed[Any]] | None]:
+        """Check one answer: its outcome, and the record to store (with its key) if any."""
         checked = ingest(reply, rules)
         if checked is None:
             log.info(
                 "node %s: no answer in round %d (%s)", reply.node_id, round_number, reply.error
             )
-            return "missing"
+            return "missing", None
         if isinstance(checked, Accepted):
             record = sign(
                 AcceptedSubmission(
@@ -274,9 +309,7 @@ class RoundEngine:
                 ),
                 self.orchestrator,
             )
-            self._store(self.layout.submission(round_number, reply.node_id), record)
-            self._accepted.setdefault(round_number, {})[reply.node_id] = record
-            return "accepted"
+            return "accepted", (self.layout.submission(round_number, reply.node_id), record)
         log.warning("node %s: refused in round %d: %s", reply.node_id, round_number, checked.reason)
         refusal = sign(
             Refusal(
@@ -288,15 +321,16 @@ class RoundEngine:
             ),
             self.orchestrator,
         )
-        self._store(self.layout.refusal(round_number, reply.node_id), refusal)
-        return "refused"
+        return "refused", (self.layout.refusal(round_number, reply.node_id), refusal)
 
     # --- audit -----------------------------------------------------------------------------
 
     def accepted(self, round_number: int) -> dict[str, Signed[AcceptedSubmission]]:
-        """The round's accepted submissions: those this engine stored or already checked, plus
-        any another run stored, read and verified once."""
+        """The round's accepted submissions: listed, read and verified once per round (records
+        another run stored included), then kept up to date as this engine stores more."""
         cache = self._accepted.setdefault(round_number, {})
+        if round_number in self._accepted_listed:
+            return cache
         for key in self.store.list(self.layout.submissions(round_number)):
             node = Layout.name_of(key)
             if node in cache:
@@ -305,17 +339,25 @@ class RoundEngine:
             if record.signer != self.orchestrator.public_id or record.body.node_id != node:
                 raise RecordError(f"{key} is not the orchestrator's record of {node}")
             cache[node] = record
-        return dict(cache)
+        self._accepted_listed.add(round_number)
+        return cache
 
     def plan_audits(self, round_number: int) -> dict[str, list[str]]:
         """Wait for the audit window; every auditor with the submitters it must audit."""
         self.slot_clock.wait_for_slot(self.schedule.audit_window_of(round_number).start)
-        return assign_audits(
-            self.accepted(round_number),
-            task_id=self.task_id,
-            round_number=round_number,
-            k=self.config.auditors_per_submission,
-        )
+        return self.assignments(round_number)
+
+    def assignments(self, round_number: int) -> dict[str, list[str]]:
+        """Every auditor with its submitters, from the accepted submissions (computed once;
+        the accepted set no longer changes once the submission window has closed)."""
+        if round_number not in self._assignments:
+            self._assignments[round_number] = assign_audits(
+                self.accepted(round_number),
+                task_id=self.task_id,
+                round_number=round_number,
+                k=self.config.auditors_per_submission,
+            )
+        return self._assignments[round_number]
 
     def audit_shard(
         self, round_number: int, assignments: dict[str, list[str]], auditors: Sequence[str]
@@ -325,30 +367,46 @@ class RoundEngine:
         request = self.request(
             round_number, Phase.AUDIT, self.schedule.audit_window_of(round_number).start
         )
+        reports = self.audit_reports(round_number)
         todo = {
             a: [accepted[s] for s in assignments[a] if s in accepted]
             for a in auditors
-            if not self.store.exists(self.layout.audit(round_number, a))
+            if a not in reports
         }
-        stored = 0
+        checked: list[Signed[AuditReport]] = []
         for reply in self.pool.audit(request, todo) if todo else []:
             report = self._check_reply(
                 reply, AuditReport, round_number, signer_field="auditor", nonce=request.body.nonce
             )
             if report is not None:
-                self._store(self.layout.audit(round_number, reply.node_id), report)
-                stored += 1
-        return stored
+                checked.append(report)
+        self.store.create_many(
+            [(self.layout.audit(round_number, r.body.auditor), r.encode()) for r in checked]
+        )
+        for report in checked:
+            reports[report.body.auditor] = report
+        return len(checked)
+
+    def audit_reports(self, round_number: int) -> dict[str, Signed[AuditReport]]:
+        """The round's stored audit reports by auditor: listed and verified once, then kept."""
+        if round_number not in self._reports:
+            reports = {}
+            for key in self.store.list(self.layout.audits(round_number)):
+                report = decode(self.store.read(key), AuditReport, where=key)
+                if report.signer == report.body.auditor == Layout.name_of(key):
+                    reports[report.body.auditor] = report
+            self._reports[round_number] = reports
+        return self._reports[round_number]
 
     def _check_reply(
         self,
         reply: Reply,
-        body_type: type[Body],
+        body_type: type[B],
         round_number: int,
         *,
         signer_field: str,
         nonce: str | None = None,
-    ) -> Signed[Body] | None:
+    ) -> Signed[B] | None:
         """Decode a vote-like reply; log and drop it when it is not the asked node's own."""
         if reply.data is None:
             log.info("node %s: no answer (%s)", reply.node_id, reply.error)
@@ -376,19 +434,9 @@ class RoundEngine:
             return self._tallies[round_number]
         stakes = self.stakes(round_number)
         accepted = self.accepted(round_number)
-        assignments = assign_audits(
-            accepted,
-            task_id=self.task_id,
-            round_number=round_number,
-            k=self.config.auditors_per_submission,
-        )
-        reports = [
-            decode(self.store.read(key), AuditReport, where=key)
-            for key in self.store.list(self.layout.audits(round_number))
-        ]
         verdicts = tally_votes(
-            [r for r in reports if r.signer == r.body.auditor],
-            assignments=assignments,
+            list(self.audit_reports(round_number).values()),
+            assignments=self.assignments(round_number),
             submission_hashes={n: r.body.submission.hash for n, r in accepted.items()},
         )
         refused = {}
@@ -490,15 +538,15 @@ class RoundEngine:
         key = self.layout.distribution(inputs.round, attempt)
         stored = self._load(key, DistributionList)
         if stored is not None:
-            return stored  # type: ignore[return-value]
+            return stored
         reply = self.pool.build_distribution(request, builder, inputs, attempt)
         listed = self._check_reply(reply, DistributionList, inputs.round, signer_field="builder")
         if listed is None:
             return f"no valid list ({reply.error or 'malformed or not its own'})"
-        if listed.body.attempt != attempt:  # type: ignore[attr-defined]
+        if listed.body.attempt != attempt:
             return "list is for another attempt"
         self._store(key, listed)
-        return listed  # type: ignore[return-value]
+        return listed
 
     def _audit_list(
         self,
@@ -532,14 +580,14 @@ class RoundEngine:
                 self.layout.distribution_audit(round_number, attempt, auditor), DistributionAudit
             )
             if stored is not None:
-                votes[auditor] = stored.body  # type: ignore[assignment]
+                votes[auditor] = stored.body
         todo = [a for a in auditors if a not in votes]
         for reply in self.pool.audit_distribution(request, todo, inputs, listed) if todo else []:
             vote = self._check_reply(reply, DistributionAudit, round_number, signer_field="auditor")
-            if vote is None or vote.body.distribution_hash != listed.hash:  # type: ignore[attr-defined]
+            if vote is None or vote.body.distribution_hash != listed.hash:
                 continue
             self._store(self.layout.distribution_audit(round_number, attempt, reply.node_id), vote)
-            votes[reply.node_id] = vote.body  # type: ignore[assignment]
+            votes[reply.node_id] = vote.body
         against = [v for v in votes.values() if not v.valid]
         in_favour = len(votes) - len(against)
         rule = check_credits(listed.body.credits, inputs)

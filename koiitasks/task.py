@@ -159,10 +159,10 @@ class LoadedTask:
     directory: Path
     config: TaskConfig
     task: Task
+    task_id: str = field(init=False)
 
-    @property
-    def task_id(self) -> str:
-        return self.config.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_id", self.config.id)  # read per hook call: derive once
 
 
 _load_lock = threading.Lock()

@@ -262,6 +262,21 @@ class TestHooks:
         assert all(n.outcome == Outcome.MISSING for n in failed)
         assert all(n.outcome == Outcome.APPROVED and n.credit > 0 for n in passed)
 
+    def test_execute_result_that_is_not_strict_json_counts_as_missing(self, tmp_path: Path) -> None:
+        """A result holding NaN (no JSON form) is refused at the node, never silently changed."""
+        task_dir = write_task(
+            tmp_path / "nan",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                'return {"node": ctx.node_id, "round": ctx.round, '
+                '"x": float("nan") if ctx.node_id < "5" else 1.0}',
+            ).replace("submission.result == {", "{**submission.result, 'x': 0} == {'x': 0, "),
+        )
+        (result,) = run_rounds(task_dir, nodes=12)
+        assert all(
+            (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
+        )
+
     def test_execute_hook_that_hangs_counts_as_missing(self, tmp_path: Path) -> None:
         """A node whose execute does not finish in time is missing; the round completes."""
         task_dir = write_task(

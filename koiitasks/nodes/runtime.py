@@ -7,6 +7,7 @@ node then has no answer (execute) or casts no vote (audit), and the round goes o
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 
@@ -24,7 +25,6 @@ from koiitasks.protocol import (
     RoundRequest,
     Signed,
     Submission,
-    canonical,
     sign,
 )
 from koiitasks.task import Context, LoadedTask, NodeStore, SubmissionView
@@ -55,6 +55,7 @@ class NodeRuntime:
         self.slot_clock = slot_clock
         self.orchestrator = orchestrator
         self.store = NodeStore()
+        self.log = logging.getLogger(f"koiitasks.task.{loaded.task_id}")
 
     def context(self, round_number: int, slot_clock: SlotClock | None = None) -> Context:
         return Context(
@@ -65,7 +66,7 @@ class NodeRuntime:
             slot_clock=slot_clock or self.slot_clock,
             schedule=self.schedule,
             store=self.store,
-            log=logging.getLogger(f"koiitasks.task.{self.loaded.task_id}"),
+            log=self.log,
         )
 
     def check_request(self, request: Signed[RoundRequest]) -> None:
@@ -85,7 +86,9 @@ class NodeRuntime:
         assert hook is not None  # load_task refuses a task without one
         try:
             result = hook(self.context(round_number, slot_clock))
-            canonical(result)  # must be JSON: fail here, with the node named, not later
+            # Must be strict JSON: fail here, with the node named, not later. (canonical()
+            # would quietly write NaN as null, changing the result.)
+            json.dumps(result, allow_nan=False)
         except Exception as e:
             raise HookFailed(
                 f"execute hook failed on node {self.node_id} in round {round_number}: "

@@ -11,11 +11,13 @@ from __future__ import annotations
 import builtins
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from koiitasks.errors import InvalidKey, RecordConflict, RecordNotFound, StorageUnavailable
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# A whole key in one match: segments never start with a dot, so "." and ".." cannot occur.
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9_][A-Za-z0-9._-]{0,127})*")
 MAX_KEY_LENGTH = 512
 
 
@@ -27,13 +29,15 @@ def check_key(key: str) -> str:
     """
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(f"invalid storage key {key!r}: empty or longer than {MAX_KEY_LENGTH}")
+    if _KEY.fullmatch(key):
+        return key
     for segment in key.split("/"):
         if not _SEGMENT.fullmatch(segment) or segment in {".", ".."}:
             raise InvalidKey(
                 f"invalid storage key {key!r}: segment {segment!r} is not allowed",
                 hint="keys are made of letters, digits, '.', '_' and '-' segments",
             )
-    return key
+    raise InvalidKey(f"invalid storage key {key!r}")  # pragma: no cover - _KEY covers it
 
 
 def check_prefix(prefix: str) -> str:
@@ -61,6 +65,18 @@ class Store(ABC):
         check_key(key)
         if self._create(key, data):
             return True
+        return self._settle_existing(key, data)
+
+    def create_many(self, items: Sequence[tuple[str, bytes]]) -> builtins.list[bool]:
+        """:meth:`create` for each ``(key, data)``; backends may batch the durability work.
+
+        Every record is durable when this returns; a failure part way leaves the records before
+        it created (each one whole), as separate creates would.
+        """
+        return [self.create(key, data) for key, data in items]
+
+    def _settle_existing(self, key: str, data: bytes) -> bool:
+        """After a create found ``key`` taken: False if it holds ``data``, else a conflict."""
         existing = self._read(key)
         if existing is None:
             # Deleted behind our back between the two calls, or the key is a folder: try once.

@@ -25,9 +25,9 @@ SIGNATURE = ALICE.sign(MESSAGE)
 
 
 def _flip_first_bit(signature: str) -> str:
-    raw = bytearray(decode_b58(signature))
+    raw = bytearray(bytes.fromhex(signature))
     raw[0] ^= 0x01
-    return encode_b58(bytes(raw))
+    return bytes(raw).hex()
 
 
 def _write_key_file(path: Path, content: bytes, mode: int = 0o600) -> Path:
@@ -75,7 +75,7 @@ class TestKeypair:
 
 
 class TestSignatures:
-    """Detached ed25519 signatures in base58."""
+    """Detached ed25519 signatures in hex."""
 
     def test_a_signature_verifies_for_its_signer_and_message(self) -> None:
         """verify returns quietly for the signer's own signature of the message."""
@@ -93,10 +93,10 @@ class TestSignatures:
             pytest.param(ALICE.public_id, MESSAGE, _flip_first_bit(SIGNATURE), id="changed-sig"),
             pytest.param(BOB.public_id, MESSAGE, SIGNATURE, id="another-key"),
             pytest.param(ALICE.public_id, MESSAGE, BOB.sign(MESSAGE), id="signed-by-another"),
-            pytest.param(ALICE.public_id, MESSAGE, "0OIl", id="signature-not-base58"),
+            pytest.param(ALICE.public_id, MESSAGE, "zz" * 64, id="signature-not-hex"),
             pytest.param(ALICE.public_id, MESSAGE, "", id="empty-signature"),
             pytest.param(ALICE.public_id, MESSAGE, SIGNATURE[:20], id="signature-too-short"),
-            pytest.param(ALICE.public_id, MESSAGE, SIGNATURE + "2", id="signature-too-long"),
+            pytest.param(ALICE.public_id, MESSAGE, SIGNATURE + "22", id="signature-too-long"),
             pytest.param(ALICE.public_id, MESSAGE, "é" * 10, id="signature-not-ascii"),
             pytest.param("not-a-key!", MESSAGE, SIGNATURE, id="signer-not-base58"),
             pytest.param(ALICE.public_id[:10], MESSAGE, SIGNATURE, id="signer-too-short"),

@@ -188,10 +188,18 @@ class TestCanonical:
             pytest.param(float("-inf"), id="minus-infinity"),
         ],
     )
-    def test_rejects_numbers_json_cannot_hold(self, value: float) -> None:
-        """NaN and infinities have no JSON form, so canonical refuses them."""
-        with pytest.raises(ValueError, match="not JSON compliant"):
-            canonical({"x": value})
+    def test_numbers_json_cannot_hold_become_null(self, value: float) -> None:
+        """NaN and infinities have no JSON form; canonical writes null (hooks refuse them
+        earlier, see tests/test_round.py)."""
+        assert canonical({"x": value}) == b'{"x":null}'
+
+    def test_integers_beyond_64_bits_keep_their_digits(self) -> None:
+        """Integers orjson cannot hold are written exactly, by the fallback encoder."""
+        assert canonical({"x": 2**70, "a": [1]}) == b'{"a":[1],"x":1180591620717411303424}'
+
+    def test_floats_have_one_spelling(self) -> None:
+        """A float is written in its shortest round-trip form."""
+        assert canonical([0.1, 1e-7, 1.5]) == b"[0.1,1e-7,1.5]"
 
     def test_digest_is_lowercase_hex_sha256(self) -> None:
         """digest is SHA-256 in lowercase hex."""
