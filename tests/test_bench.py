@@ -1,0 +1,41 @@
+"""The benchmarks keep working: CI runs their quick modes (asserting nothing about time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+ROUND_KEYS = {
+    "nodes", "wall_s", "per_node_us", "peak_rss_mb", "floor_s", "vs_floor", "plain_s",
+    "vs_plain", "naive_s", "vs_naive", "naive_all_recorded",
+}  # fmt: skip
+
+
+class TestRoundBench:
+    """bench/round_bench.py."""
+
+    def test_quick_run_prints_the_contracted_json(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """--quick --json prints one object with exactly the contracted keys, all measured."""
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "round_bench.py"), "--quick", "--json"],
+            env=cli_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert set(report) == ROUND_KEYS
+        assert report["nodes"] == 200
+        for key in ROUND_KEYS - {"nodes", "naive_all_recorded"}:
+            assert isinstance(report[key], float), key
+            assert report[key] > 0, key
+        assert isinstance(report["naive_all_recorded"], bool)
