@@ -115,6 +115,6 @@ def _flow_runner(task_dir: str, options: dict[str, Any]) -> Any:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             data = sandbox_round(task_dir=task_dir, round_number=number, **options)
-        return RoundResult.model_validate(data)
+        return RoundResult.model_validate_json(data)
 
     return run_one
