@@ -1,0 +1,1 @@
+"""Helpers for testing tasks and koiitasks itself, shipped inside the package."""
