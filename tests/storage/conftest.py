@@ -15,7 +15,12 @@ import pytest
 from koiitasks.storage import FileStore, MemoryStore, Store
 from koiitasks.storage.s3 import MOTO_CREDENTIALS, S3Store, make_s3_client
 from koiitasks.storage.s3_init import init_s3_store
-from koiitasks.testing.s3 import TEST_AWS_ENV, mock_s3_store, moto_server_process
+from koiitasks.testing.s3 import (
+    TEST_AWS_ENV,
+    mock_s3_store,
+    moto_server_process,
+    unique_bucket_name,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -43,11 +48,6 @@ def moto_endpoint() -> Iterator[str]:
         yield endpoint
 
 
-def fresh_bucket() -> str:
-    """A bucket name no other test uses."""
-    return f"koii-{uuid.uuid4().hex[:16]}"
-
-
 @pytest.fixture(scope="session")
 def moto_client(moto_endpoint: str) -> Iterator[S3Client]:
     """One client of the session's moto server (building a client costs about 0.1 s)."""
@@ -62,7 +62,7 @@ def server_store(moto_client: S3Client) -> S3Store:
 
     It shares the session's client, so the test must not close it.
     """
-    bucket = fresh_bucket()
+    bucket = unique_bucket_name()
     init_s3_store(f"s3://{bucket}/records", client=moto_client)
     return S3Store(moto_client, bucket, "records")
 
@@ -73,7 +73,7 @@ def _open(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     elif backend == "file":
         yield FileStore(tmp_path / "store")
     elif backend == "s3-mock":
-        with mock_s3_store(fresh_bucket(), prefix="records") as store:
+        with mock_s3_store(unique_bucket_name(), prefix="records") as store:
             yield store
     else:
         yield request.getfixturevalue("server_store")
