@@ -208,7 +208,6 @@ def _client_error(e: ClientError, call: S3Call) -> StorageError:
 
 def _botocore_error(e: BotoCoreError, call: S3Call) -> StorageError:
     what = f"{call.action}: {call.where}"
-    endpoint = redact_url(call.endpoint)
     if isinstance(
         e, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError | ProfileNotFound
     ):
@@ -218,12 +217,12 @@ def _botocore_error(e: BotoCoreError, call: S3Call) -> StorageError:
         )
     if isinstance(e, ReadTimeoutError | ConnectTimeoutError):
         return StorageUnavailable(
-            f"timed out talking to the S3 endpoint {endpoint} ({type(e).__name__}) while {what}",
+            f"timed out talking to the S3 endpoint ({type(e).__name__}) while {what}",
             hint="check the network and the endpoint; the request was retried",
         )
     if isinstance(e, EndpointConnectionError | ConnectionClosedError | ResponseStreamingError):
         return StorageUnavailable(
-            f"cannot reach the S3 endpoint {endpoint} ({type(e).__name__}) while {what}",
+            f"cannot reach the S3 endpoint ({type(e).__name__}) while {what}",
             hint="check the endpoint URL (KOII_S3_ENDPOINT_URL) and that the server is up; "
             "for a local moto server run `infra/moto-server.sh start`",
         )

@@ -50,6 +50,8 @@ MOTO_REGION = "us-east-1"
 MOTO_CREDENTIALS = ("testing", "testing")
 """The dummy key pair clients of ``moto://`` stores sign with; moto accepts any."""
 
+# MinIO and moto servers take any region; sign for the one every S3 implementation knows.
+_CUSTOM_ENDPOINT_REGION = "us-east-1"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # S3 answers 409 when another conditional write to the same key is in flight, and asks for a retry.
 _CONFLICT_RETRIES = 5
@@ -96,36 +98,43 @@ def make_s3_client(
     region_name: str | None = None,
     credentials: tuple[str, str] | None = None,
     retry_mode: Literal["standard", "adaptive"] = "standard",
-    max_attempts: int = 5,
+    max_attempts: int = 6,
     connect_timeout: float = 5.0,
     read_timeout: float = 30.0,
     max_pool_connections: int = DEFAULT_MAX_POOL_CONNECTIONS,
 ) -> S3Client:
     """A thread-safe S3 client with bounded retries, timeouts and a pool sized for threads.
 
+    ``max_attempts`` counts every try of a request, the first included; ``adaptive`` retries
+    also slow the client down when S3 throttles it.
+
     Credentials and region come from boto3's usual chain (environment, profile, instance role)
     unless given. A custom endpoint (MinIO, moto) gets path-style addressing and ``us-east-1``
     when no region is configured.
     """
     key_id, secret = credentials if credentials else (None, None)
-    # A session per client: boto3's default session is not thread-safe to build clients from.
-    session = boto3.session.Session(
-        aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region_name
-    )
     config = Config(
-        retries={"mode": retry_mode, "max_attempts": max_attempts},
+        # total_max_attempts counts the first try; botocore's max_attempts counts only retries.
+        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_pool_connections=max_pool_connections,
         s3={"addressing_style": "path"} if endpoint_url else None,
     )
-    region = session.region_name or (MOTO_REGION if endpoint_url else None)
     try:
+        # A session per client: boto3's default session is not safe to share between threads.
+        session = boto3.session.Session(
+            aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region_name
+        )
+        region = session.region_name or (_CUSTOM_ENDPOINT_REGION if endpoint_url else None)
         return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
     except ValueError as e:  # botocore's answer to a malformed endpoint URL
         raise ConfigError(f"invalid S3 endpoint URL {endpoint_url!r}: {e}") from e
-    except BotoCoreError as e:
-        raise ConfigError(f"cannot build an S3 client: {type(e).__name__}: {e}") from e
+    except BotoCoreError as e:  # a named profile that does not exist, a broken config file
+        raise ConfigError(
+            f"cannot build an S3 client: {type(e).__name__}: {e}",
+            hint="check AWS_PROFILE and the AWS config and credentials files",
+        ) from e
 
 
 class S3Store(Store):
@@ -222,7 +231,11 @@ def open_s3_store(url: str, endpoint_url: str | None = None, **client_options: A
     location = parse_s3_url(url)
     client = s3_client_for(location, endpoint_url, **client_options)
     if location.scheme == "moto":
-        _moto.ensure_bucket(client, location)
+        try:
+            _moto.ensure_bucket(client, location)
+        except BaseException:
+            client.close()
+            raise
     return S3Store(client, location.bucket, location.prefix, url=location.url)
 
 

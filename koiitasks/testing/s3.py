@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from typing import IO
 
@@ -37,6 +38,11 @@ TEST_AWS_ENV = {
 """Dummy AWS settings for tests; set them (and unset the rest of ``AWS_*``) around moto."""
 
 _POLL_S = 0.05
+
+
+def unique_bucket_name(prefix: str = "koii") -> str:
+    """A valid bucket name no other test will pick, so tests can share one server."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
 
 
 @contextlib.contextmanager
@@ -157,4 +163,10 @@ def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
         process.wait()
 
 
-__all__ = ["TEST_AWS_ENV", "mock_s3_store", "moto_server", "moto_server_process"]
+__all__ = [
+    "TEST_AWS_ENV",
+    "mock_s3_store",
+    "moto_server",
+    "moto_server_process",
+    "unique_bucket_name",
+]
