@@ -112,7 +112,12 @@ def _start_server(
             stderr=subprocess.STDOUT,
             env=env,
         )
-        if _wait_until_up(process, host, port, timeout):
+        try:
+            up = _wait_until_up(process, host, port, timeout)
+        except BaseException:  # interrupted while waiting: leave no server behind
+            _stop(process, 5.0)
+            raise
+        if up:
             return process, f"http://{host}:{port}"
         _stop(process, 5.0)
     log.seek(0)
