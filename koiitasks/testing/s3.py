@@ -25,7 +25,13 @@ from collections.abc import Iterator
 from typing import IO
 
 from koiitasks.errors import StorageUnavailable
-from koiitasks.storage.s3 import MOTO_CREDENTIALS, MOTO_REGION, S3Store, make_s3_client
+from koiitasks.storage.s3 import (
+    MOTO_CREDENTIALS,
+    MOTO_REGION,
+    MOTO_WRITE_LOCK,
+    S3Store,
+    make_s3_client,
+)
 from koiitasks.storage.s3_init import init_s3_store
 
 TEST_AWS_ENV = {
@@ -56,7 +62,7 @@ def mock_s3_store(bucket: str = "koii-test", *, prefix: str = "") -> Iterator[S3
         client = make_s3_client(region_name=MOTO_REGION, credentials=MOTO_CREDENTIALS)
         url = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
         init_s3_store(url, client=client)
-        store = S3Store(client, bucket, prefix, url=url)
+        store = S3Store(client, bucket, prefix, url=url, write_lock=MOTO_WRITE_LOCK)
         try:
             yield store
         finally:

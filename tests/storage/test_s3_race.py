@@ -1,4 +1,5 @@
-"""Two OS processes racing to create the same records in one bucket of a moto server process.
+"""Writers racing to create the same records: OS processes on a moto server process, and
+threads on moto's in-process mock.
 
 This file is also the rival: run as a script, it creates the same keys as the test does, in its
 own shuffled order and thread pool, and prints what each create did.
@@ -11,14 +12,18 @@ import os
 import random
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 import koiitasks
 from koiitasks.errors import RecordConflict
 from koiitasks.storage.s3 import S3Store, open_s3_store
 from koiitasks.storage.s3_init import init_s3_store
-from koiitasks.testing.s3 import unique_bucket_name
+from koiitasks.testing.s3 import mock_s3_store, unique_bucket_name
 
 N_KEYS = 120
 THREADS = 4
@@ -93,6 +98,48 @@ class TestRacingProcesses:
         for key in KEYS:
             assert sorted([ours[key], theirs[key]]) == ["created", "existed"], key
             assert stored[key] == f"same-{key}"
+
+
+@pytest.fixture
+def frequent_thread_switches() -> Iterator[None]:
+    """Switch threads every 100 µs instead of 5 ms, so an unguarded check-then-write shows."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+class TestRacingThreads:
+    @pytest.mark.usefixtures("frequent_thread_switches")
+    def test_threads_racing_on_the_in_process_mock_get_one_winner_per_key(self) -> None:
+        """8 threads creating each key at the same moment under mock_aws: exactly one wins it."""
+        keys = KEYS[:20]
+        start_line = threading.Barrier(8, timeout=60)
+
+        def writer(store: S3Store, tag: str) -> Outcomes:
+            outcomes = {}
+            for key in keys:
+                start_line.wait()  # all 8 threads on the same key at once
+                try:
+                    created = store.create(key, f"{tag}-{key}".encode())
+                    outcomes[key] = "created" if created else "existed"
+                except RecordConflict:
+                    outcomes[key] = "conflict"
+                except BaseException:
+                    start_line.abort()  # the other writers fail now instead of waiting for us
+                    raise
+            return outcomes
+
+        with mock_s3_store(unique_bucket_name()) as store, ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda t: writer(store, f"t{t}"), range(8)))
+            stored = {key: store.read(key).decode() for key in keys}
+        for key in keys:
+            outcomes = sorted(result[key] for result in results)
+            assert outcomes == ["conflict"] * 7 + ["created"], key
+            winner = next(t for t, result in enumerate(results) if result[key] == "created")
+            assert stored[key] == f"t{winner}-{key}"
 
 
 if __name__ == "__main__":
