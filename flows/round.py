@@ -21,6 +21,7 @@ from koiitasks.reports import artifact_key, payouts_table, round_markdown
 from koiitasks.round import DistributionOutcome, RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.sandbox import open_sandbox
+from koiitasks.settings import load_settings
 from koiitasks.task import load_task
 
 # Shard tasks run side by side, one per core: simulated nodes are CPU-bound and more threads
@@ -112,6 +113,7 @@ def sandbox_round(
     seed: int | None = None,
     adversaries: dict[str, int] | None = None,
     workers: int = 4,
+    s3_endpoint_url: str | None = None,
 ) -> str:
     """Run one round of a task on simulated nodes and time (the local sandbox).
 
@@ -119,7 +121,13 @@ def sandbox_round(
     dict looking for futures, which at 10,000 nodes cost seconds; a string it leaves alone.
     """
     sandbox = open_sandbox(
-        task_dir, store=store, nodes=nodes, seed=seed, adversaries=adversaries, workers=workers
+        task_dir,
+        store=store,
+        nodes=nodes,
+        seed=seed,
+        adversaries=adversaries,
+        workers=workers,
+        s3_endpoint_url=s3_endpoint_url or load_settings().s3_endpoint_url,
     )
     sandbox.begin(round_number)
     return run_round_steps(sandbox.engine, round_number).model_dump_json()

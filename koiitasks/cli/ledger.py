@@ -12,6 +12,7 @@ from koiitasks.cli._common import (
     JsonOption,
     StoreOption,
     TaskOption,
+    open_store_at,
     out,
     resolve_task,
     store_url,
@@ -32,11 +33,10 @@ def ledger_show(
     from koiitasks.config import TaskConfig  # noqa: PLC0415
     from koiitasks.ledger import read_ledger  # noqa: PLC0415
     from koiitasks.network import load_network  # noqa: PLC0415
-    from koiitasks.storage import open_store  # noqa: PLC0415
 
     url = store_url(store)
     task_id = resolve_task(url, task)
-    the_store = open_store(url)
+    the_store = open_store_at(url)
     network = load_network(the_store, task_id)
     state = read_ledger(the_store, task_id, orchestrator=network.record.signer)
     config = TaskConfig.model_validate(network.task.config)
@@ -85,11 +85,10 @@ def ledger_verify(
     Exits 0 when everything holds, 1 naming the first bad record otherwise.
     """
     from koiitasks.ledger import verify_ledger  # noqa: PLC0415
-    from koiitasks.storage import open_store  # noqa: PLC0415
 
     url = store_url(store)
     task_id = resolve_task(url, task)
-    report = verify_ledger(open_store(url), task_id, orchestrator=orchestrator)
+    report = verify_ledger(open_store_at(url), task_id, orchestrator=orchestrator)
     if json_out:
         print(json.dumps({"ok": True, **report.__dict__}))
         return

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from koiitasks.cli._common import JsonOption, StoreOption, err, out, setup_logging, store_url
+from koiitasks.settings import load_settings
 
 
 def run(
@@ -68,6 +69,7 @@ def run(
         "seed": seed,
         "adversaries": adversaries,
         "workers": workers,
+        "s3_endpoint_url": load_settings().s3_endpoint_url,
     }
     sandbox = open_sandbox(task_dir, **options)
     plan = sandbox.plan(
