@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterator
 from typing import IO
 
+import pytest
+
 from koiitasks.errors import StorageUnavailable
 from koiitasks.storage.s3 import (
     MOTO_CREDENTIALS,
@@ -67,6 +69,21 @@ def mock_s3_store(bucket: str = "koii-test", *, prefix: str = "") -> Iterator[S3
             yield store
         finally:
             store.close()
+
+
+@pytest.fixture
+def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Store]:
+    """A pytest fixture: an S3 store on moto in-process, with a bucket of its own.
+
+    In a task's ``conftest.py``: ``from koiitasks.testing.s3 import s3_store``; then pass the
+    store to ``koiitasks.testing.run_rounds(..., store=s3_store)``.
+    """
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in TEST_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    with mock_s3_store(unique_bucket_name()) as store:
+        yield store
 
 
 @contextlib.contextmanager

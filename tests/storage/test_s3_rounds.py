@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from koiitasks.storage import FileStore, Store
-from koiitasks.testing import sandbox
-from koiitasks.testing.s3 import TEST_AWS_ENV, mock_s3_store, unique_bucket_name
+from koiitasks.storage.s3 import S3Store
+from koiitasks.testing import run_rounds, sandbox
+from koiitasks.testing.s3 import TEST_AWS_ENV, mock_s3_store, s3_store, unique_bucket_name
 from tests.conftest import HASH_PUZZLE
+
+__all__ = ["s3_store"]  # the fixture, imported as a task author would
 
 
 def snapshot(store: Store) -> dict[str, bytes]:
@@ -53,6 +56,16 @@ class TestRoundsOnS3:
             assert s3.create_many(items) == [True] * 40
             assert s3.create_many(items[:3]) == [False] * 3
             assert s3.children("t/")[:2] == ["000.json", "001.json"]
+
+
+class TestS3Fixture:
+    """What task authors get from koiitasks.testing.s3."""
+
+    def test_the_fixture_runs_rounds_on_moto(self, s3_store: S3Store) -> None:
+        """run_rounds on the s3_store fixture settles rounds into the mock bucket."""
+        results = run_rounds(HASH_PUZZLE, nodes=4, rounds=2, store=s3_store)
+        assert all(r.distribution_accepted for r in results)
+        assert s3_store.exists("tasks/hash-puzzle/ledger/0000000001.json")
 
 
 class TestCliOnMotoServer:
