@@ -63,26 +63,33 @@ def publish(result: RoundResult) -> None:
     )
 
 
-def run_round_steps(engine: RoundEngine, round_number: int) -> RoundResult:
-    """The round's steps as Prefect tasks; called inside a flow."""
+def run_round_steps(
+    engine: RoundEngine, round_number: int, *, in_this_thread: bool = False
+) -> RoundResult:
+    """The round's steps as Prefect tasks; called inside a flow.
+
+    ``in_this_thread`` runs the shard tasks one after another in the flow's own thread (the
+    main thread for a flow called from the CLI) instead of on the task runner's threads, so a
+    breakpoint in a hook stops there: ``koiitasks run --workers 1``.
+    """
     if engine.is_settled(round_number):
         result = engine.result(round_number, already_settled=True)
         publish(result)
         return result
     engine.open_round(round_number)
-    wait(
-        [
-            execute_shard.submit(engine, round_number, shard)
-            for shard in engine.shards(engine.eligible(round_number))
-        ]
-    )
+    shards = engine.shards(engine.eligible(round_number))
+    if in_this_thread:
+        for shard in shards:
+            execute_shard(engine, round_number, shard)
+    else:
+        wait([execute_shard.submit(engine, round_number, shard) for shard in shards])
     assignments = engine.plan_audits(round_number)
-    wait(
-        [
-            audit_shard.submit(engine, round_number, assignments, shard)
-            for shard in engine.shards(sorted(assignments))
-        ]
-    )
+    shards = engine.shards(sorted(assignments))
+    if in_this_thread:
+        for shard in shards:
+            audit_shard(engine, round_number, assignments, shard)
+    else:
+        wait([audit_shard.submit(engine, round_number, assignments, shard) for shard in shards])
     outcome = distribute(engine, round_number)
     result = settle(engine, round_number, outcome)
     publish(result)
@@ -109,9 +116,13 @@ def sandbox_round(
     adversaries: dict[str, int] | None = None,
     workers: int = 4,
 ) -> dict[str, Any]:
-    """Run one round of a task on simulated nodes and time (the local sandbox)."""
+    """Run one round of a task on simulated nodes and time (the local sandbox).
+
+    ``workers=1`` runs every hook in the flow's own thread (see :func:`run_round_steps`).
+    """
     sandbox = open_sandbox(
         task_dir, store=store, nodes=nodes, seed=seed, adversaries=adversaries, workers=workers
     )
     sandbox.begin(round_number)
-    return run_round_steps(sandbox.engine, round_number).model_dump(mode="json")
+    result = run_round_steps(sandbox.engine, round_number, in_this_thread=workers == 1)
+    return result.model_dump(mode="json")
