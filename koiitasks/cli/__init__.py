@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import ledger, run, trace
+from koiitasks.cli import clock, ledger, run, trace
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 app.command()(run.run)
 app.command()(trace.trace)
+app.command()(clock.slot)
+app.command("round")(clock.round_)
 app.add_typer(ledger.app, name="ledger")
 
 
