@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import clock, ledger, run, trace
+from koiitasks.cli import clock, init, ledger, run, trace
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+app.command()(init.init)
 app.command()(run.run)
 app.command()(trace.trace)
 app.command()(clock.slot)
