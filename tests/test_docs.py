@@ -6,6 +6,8 @@ use what an earlier one made. By the block's info string:
 - ``python``: executed (one namespace per page); ``test_*`` functions it defines are called.
 - ``sh``: each line starting with ``koiitasks`` or ``pytest`` is run and must exit 0 (``#``
   comments and ``\\`` continuations allowed); other lines (``pip``, ``make``...) are skipped.
+  ``koiitasks run`` gets ``--plain``: the same steps and bytes without a Prefect flow run per
+  round (tests/test_flow.py and tests/test_cli.py cover the flows), so the pages run fast.
 - ``yaml`` / ``json``: parsed; a YAML mapping with ``task_name`` is validated as a config.
 - ``title="PATH"``: the block is written to PATH (in the scratch folder) instead.
 - ``excerpt="PATH"``: the block must appear word for word in that file of the repository.
@@ -134,7 +136,8 @@ class PageRun:
 
     def _command(self, words: list[str]) -> None:
         if words[0] == "koiitasks":
-            argv = [sys.executable, "-m", "koiitasks", *words[1:]]
+            plain = ["--plain"] if words[1:2] == ["run"] and "--plain" not in words else []
+            argv = [sys.executable, "-m", "koiitasks", *words[1:], *plain]
         else:
             argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *words[1:]]
         proc = subprocess.run(
@@ -153,20 +156,15 @@ class PageRun:
 
 
 @pytest.fixture
-def page_run(
-    tmp_path: Path,
-    cli_env: dict[str, str],
-    prefect_api: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> PageRun:
-    """A scratch folder with a copy of examples/, as the current folder, and a CLI
-    environment whose flows report to the session's Prefect API."""
+def page_run(tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> PageRun:
+    """A scratch folder with a copy of examples/, as the current folder, and an environment
+    for `koiitasks` subprocesses."""
     workdir = tmp_path / "work"
     shutil.copytree(
         EXAMPLES, workdir / "examples", ignore=shutil.ignore_patterns("__pycache__", ".*")
     )
     monkeypatch.chdir(workdir)
-    return PageRun(workdir, {**cli_env, "PREFECT_API_URL": prefect_api})
+    return PageRun(workdir, cli_env)
 
 
 class TestGeneratedReference:
