@@ -6,7 +6,7 @@ default, its rules and its description), the Koii metadata fields, the scaffold'
 ``koiitasks`` command line itself (every command, argument and option, with its help).
 Regenerate both, or check them as the test suite does::
 
-    python -m koiitasks.docs            # rewrite docs/config.md and docs/cli.md
+    python -m koiitasks.docs            # from the repository root: rewrite docs/*.md pages
     python -m koiitasks.docs --check    # exit 1 naming the pages that are out of date
 """
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from flows.round import sandbox_round
+from koiitasks.cli.run import _flow_runner
+from koiitasks.errors import ConfigError
 from koiitasks.nodes.failures import ONCE_NOTE, is_library_frame
 from koiitasks.round_result import RoundResult
 from koiitasks.testing import run_rounds, sandbox, write_task
-from tests.conftest import ROOT
+from tests.conftest import HASH_PUZZLE, ROOT
 from tests.test_cli import json_lines, koiitasks
 
 FAILING_TASK = """
@@ -225,3 +227,40 @@ class TestWorkersOne:
         )  # fmt: skip
         (result,) = json_lines(proc.stdout)
         assert {n["outcome"] for n in result["nodes"].values()} == {"approved"}
+
+
+class TestPrefectStart:
+    """A Prefect server too slow to start is the machine's state, not a koiitasks bug."""
+
+    @pytest.mark.parametrize(
+        ("message", "explained"),
+        [
+            pytest.param(
+                "Timed out while attempting to connect to ephemeral Prefect API server.",
+                True,
+                id="slow-temporary-server-is-explained",
+            ),
+            pytest.param("something else broke", False, id="other-errors-pass-through"),
+        ],
+    )
+    def test_a_temporary_server_that_does_not_start_in_time_is_explained(
+        self, monkeypatch: pytest.MonkeyPatch, message: str, explained: bool
+    ) -> None:
+        """The run stops with a ConfigError (exit 2) naming three ways out, instead of an
+        'internal error ... a bug in koiitasks'; other RuntimeErrors are left alone."""
+        import flows.round  # noqa: PLC0415
+
+        def slow_server(**_options: object) -> dict[str, object]:
+            raise RuntimeError(message)
+
+        monkeypatch.setattr(flows.round, "sandbox_round", slow_server)
+        run_one = _flow_runner(str(HASH_PUZZLE), {})
+        expected = ConfigError if explained else RuntimeError
+        with pytest.raises(expected) as caught:
+            run_one(0)
+        if explained:
+            assert isinstance(caught.value, ConfigError)
+            assert "did not start in time" in caught.value.message
+            assert caught.value.hint is not None
+            assert "--plain" in caught.value.hint
+            assert "PREFECT_API_URL" in caught.value.hint

@@ -137,12 +137,22 @@ def _flow_runner(task_dir: str, options: dict[str, Any]) -> Any:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import sandbox_round  # noqa: PLC0415
+    from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
 
     def run_one(number: int) -> RoundResult:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            data = sandbox_round(task_dir=task_dir, round_number=number, **options)
+        try:
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                data = sandbox_round(task_dir=task_dir, round_number=number, **options)
+        except RuntimeError as e:  # a slow first start is the author's machine, not a bug
+            if "ephemeral Prefect API server" not in str(e):
+                raise
+            raise ConfigError(
+                "Prefect's temporary API server did not start in time",
+                hint="run with --plain, point PREFECT_API_URL at a running server (`prefect "
+                "server start`), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+            ) from e
         return RoundResult.model_validate(data)
 
     return run_one
