@@ -92,6 +92,7 @@ class RoundEngine:
         pool: NodePool,
         slot_clock: SlotClock,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        skew_tolerance_slots: int = 1,
     ) -> None:
         if orchestrator.public_id != network.record.signer:
             raise RecordError(
@@ -107,6 +108,8 @@ class RoundEngine:
         self.pool = pool
         self.slot_clock = slot_clock
         self.shard_size = shard_size
+        # How far ahead of the orchestrator's clock a node's response slot may be (remote nodes).
+        self.skew_tolerance_slots = skew_tolerance_slots
         self.schedule = Schedule(
             starting_slot=network.task.starting_slot,
             round_time=config.round_time,
@@ -242,6 +245,7 @@ class RoundEngine:
             schedule=self.schedule,
             slot_clock=self.slot_clock,
             max_result_bytes=self.config.max_result_bytes,
+            skew_tolerance_slots=self.skew_tolerance_slots,
         )
         for reply in self.pool.execute(request, todo):
             counts[self._ingest_one(round_number, reply, rules)] += 1
