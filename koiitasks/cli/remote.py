@@ -59,9 +59,7 @@ def run_remote(
         count = 1 if round_number is not None else (rounds or 1)
         for _ in range(count):
             number = (
-                round_number
-                if round_number is not None
-                else remote.upcoming_round(lead_ms=lead_ms)
+                round_number if round_number is not None else remote.upcoming_round(lead_ms=lead_ms)
             )
             if not json_out:
                 wait_s = remote.starts_in_ms(number) / 1000
@@ -93,9 +91,8 @@ def run_remote(
 def _flow_runner(
     task_dir: str, store: str, key: Path, skew_tolerance_slots: int
 ) -> Callable[[int], Any]:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
-
     from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import remote_round  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
