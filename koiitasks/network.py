@@ -237,7 +237,8 @@ def register_node(
     minimum = loaded.config.minimum_stake_amount
     if stake < minimum or stake <= 0:
         raise ConfigError(
-            f"stake {stake:,} is below task {loaded.task_id!r}'s minimum_stake_amount {minimum:,}",
+            f"stake {stake:,} is below the minimum_stake_amount {minimum:,} of task "
+            f"{loaded.task_id!r}",
             hint="amounts are in base units (1 KOII = 10^9 ROE)",
         )
     layout = Layout(loaded.task_id)

@@ -91,7 +91,7 @@ class TestRegistration:
         [
             pytest.param("ftp://127.0.0.1:21", 1000, "is not a node URL", id="not-http"),
             pytest.param("127.0.0.1:8001", 1000, "is not a node URL", id="no-scheme"),
-            pytest.param("http://127.0.0.1:8001", 99, "below task", id="under-staked"),
+            pytest.param("http://127.0.0.1:8001", 99, "below the minimum", id="under-staked"),
         ],
     )
     def test_bad_registrations_are_refused(
