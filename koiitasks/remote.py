@@ -16,11 +16,12 @@ never appears in the ledger); a deployment that starts one flow per round would 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from koiitasks.clock import Clock, Schedule, SlotClock, WallClock
-from koiitasks.errors import ConfigError
+from koiitasks.errors import ConfigError, RoundMissed
 from koiitasks.identity import Keypair, load_key
 from koiitasks.network import Network, open_remote_network
 from koiitasks.nodes.http import DEFAULT_CONCURRENCY, HttpPool
@@ -56,6 +57,41 @@ class Remote:
         engine = self.engine
         start = engine.slot_clock.ms_of_slot(engine.schedule.round_start(round_number))
         return max(0, start - self.clock.now_ms())
+
+    def run_upcoming(
+        self,
+        runner: Callable[[int], RoundResult],
+        *,
+        count: int,
+        lead_ms: int = 0,
+        max_missed: int = 3,
+        on_start: Callable[[int], None] | None = None,
+        on_missed: Callable[[RoundMissed], None] | None = None,
+    ) -> Iterator[RoundResult]:
+        """Run ``count`` upcoming rounds, one after another, with ``runner``.
+
+        The wall clock does not wait: a round whose start came too late (a slow flow start, a
+        busy machine) is missed, and a later round is run in its place with twice the lead, up
+        to ``max_missed`` misses in a row.
+        """
+        done = missed = 0
+        while done < count:
+            number = self.upcoming_round(lead_ms=lead_ms)
+            if on_start is not None:
+                on_start(number)
+            try:
+                result = runner(number)
+            except RoundMissed as e:
+                missed += 1
+                if missed >= max_missed:
+                    raise
+                if on_missed is not None:
+                    on_missed(e)
+                lead_ms = 2 * max(lead_ms, self.engine.slot_clock.slot_ms)
+                continue
+            missed = 0
+            done += 1
+            yield result
 
     def run_round(self, round_number: int) -> RoundResult:
         """One whole round in this thread, without Prefect (waits for its windows)."""

@@ -25,7 +25,7 @@ from koiitasks.distribution import (
     choose_builder,
     choose_list_auditors,
 )
-from koiitasks.errors import RecordError, RoundError
+from koiitasks.errors import RecordError, RoundError, RoundMissed
 from koiitasks.identity import Keypair
 from koiitasks.ingest import Accepted, IngestRules, ingest
 from koiitasks.ledger import LedgerState, append_entry, read_ledger
@@ -219,7 +219,7 @@ class RoundEngine:
         now = self.slot_clock.get_slot()
         key = f"{self.layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
         if now >= window.end and not self.store.exists(key):
-            raise RoundError(
+            raise RoundMissed(
                 f"round {round_number} of task {self.task_id!r} can no longer run: its "
                 f"submission window closed at slot {window.end} and the clock is at slot {now}",
                 hint="it is recorded as missed; run the next round instead",

@@ -2,8 +2,9 @@
 real wall-clock slots, the REST slot-stamp protocol.
 
 Five node processes are started once for the module; tests that need a node of their own (one
-to kill, hostile ones, skewed clocks) start it themselves. Slots are 150 ms and rounds 8 slots,
-so a round from request to ledger takes about 3.3 s of wall time.
+to kill, hostile ones, skewed clocks) start it themselves. Slots are 200 ms and rounds 8 slots,
+so a round from request to ledger takes about 4.4 s of wall time; the audit window (3 slots) is
+600 ms, room enough for a Prefect task run to start on a busy machine.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.hostile_node import KINDS, hostile_nodes
 
 pytestmark = pytest.mark.slow
 
-SLOT_MS = 150
+SLOT_MS = 200
 TIMING: dict[str, Any] = {
     "slot_ms": SLOT_MS,
     "round_time": 8,

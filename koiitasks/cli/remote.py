@@ -7,17 +7,24 @@ round), the same Prefect flow steps (``flows.round.remote_round``), but the node
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from koiitasks.cli._common import err, out
 
+if TYPE_CHECKING:
+    from koiitasks.errors import RoundMissed
+    from koiitasks.round_result import RoundResult
+
 #: How long before a round's first slot a flow run is started: creating the run and its first
 #: states takes a few hundred milliseconds, and the request must go out at the first slot.
 FLOW_LEAD_MS = 1500
+
+#: Missed rounds in a row (each next one tried with twice the lead) before giving up.
+MAX_MISSED = 3
 
 
 def run_remote(
@@ -50,17 +57,13 @@ def run_remote(
         task_dir, store=store, key_file=key, skew_tolerance_slots=skew_tolerance_slots
     )
     try:
-        runner: Callable[[int], Any] = (
+        runner: Callable[[int], RoundResult] = (
             remote.run_round
             if plain
             else _flow_runner(str(remote.loaded.directory), store, key, skew_tolerance_slots)
         )
-        lead_ms = 0 if plain else FLOW_LEAD_MS
-        count = 1 if round_number is not None else (rounds or 1)
-        for _ in range(count):
-            number = (
-                round_number if round_number is not None else remote.upcoming_round(lead_ms=lead_ms)
-            )
+
+        def starting(number: int) -> None:
             if not json_out:
                 wait_s = remote.starts_in_ms(number) / 1000
                 err.print(
@@ -68,7 +71,23 @@ def run_remote(
                     f"{len(remote.network.nodes)} registered nodes starts in {wait_s:.1f} s",
                     highlight=False,
                 )
-            result = runner(number)
+
+        def missed(error: RoundMissed) -> None:
+            err.print(f"warning: {error.message}; running a later round", highlight=False)
+
+        if round_number is not None:
+            starting(round_number)
+            results: Iterable[RoundResult] = [runner(round_number)]
+        else:
+            results = remote.run_upcoming(
+                runner,
+                count=rounds or 1,
+                lead_ms=0 if plain else FLOW_LEAD_MS,
+                max_missed=MAX_MISSED,
+                on_start=starting,
+                on_missed=missed,
+            )
+        for result in results:
             if json_out:
                 print(result.model_dump_json(), flush=True)
             else:
@@ -90,12 +109,12 @@ def run_remote(
 
 def _flow_runner(
     task_dir: str, store: str, key: Path, skew_tolerance_slots: int
-) -> Callable[[int], Any]:
+) -> Callable[[int], RoundResult]:
     from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import remote_round  # noqa: PLC0415
-    from koiitasks.round_result import RoundResult  # noqa: PLC0415
+    from koiitasks.round_result import RoundResult  # noqa: PLC0415 - used at run time
 
     # Without PREFECT_API_URL the first client starts a temporary server (10 s or more): start
     # it now, before a round is chosen, not while the round's window runs.

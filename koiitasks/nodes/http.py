@@ -56,6 +56,11 @@ T = TypeVar("T")
 #: Calls in flight at once, over all nodes.
 DEFAULT_CONCURRENCY = 64
 
+#: How long an idle connection to a node is kept for the next call: across a round's phases.
+#: Shorter than the node's own keep-alive (``nodes.server.KEEPALIVE_S``), so the node never
+#: closes a connection just as the pool sends on it.
+KEEPALIVE_S = 30.0
+
 _HEADERS = {
     "content-type": "application/json",
     # A compressed body could expand past the cap inside one chunk: ask for none.
@@ -110,7 +115,9 @@ class HttpPool(NodePool):
     def new_client(self) -> httpx.AsyncClient:
         """An async client as this pool uses: pooled, no redirects, no environment proxies."""
         limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            max_connections=self.concurrency,
+            max_keepalive_connections=self.concurrency,
+            keepalive_expiry=KEEPALIVE_S,
         )
         return httpx.AsyncClient(
             limits=limits,

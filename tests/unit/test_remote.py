@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from koiitasks.clock import SimulatedClock
-from koiitasks.errors import ConfigError, NetworkMismatchError, RecordConflict
+from koiitasks.errors import ConfigError, NetworkMismatchError, RecordConflict, RoundMissed
 from koiitasks.identity import Keypair
 from koiitasks.network import load_network, open_remote_network, register_node
 from koiitasks.remote import Remote, build_remote
+from koiitasks.round_result import RoundResult
 from koiitasks.storage import Store
 from koiitasks.task import LoadedTask, load_task
 from koiitasks.testing import memory_store, sandbox, write_task
@@ -161,3 +162,59 @@ def test_no_registered_node_is_a_clear_error(loaded: LoadedTask) -> None:
         build_remote(loaded, memory_store(), ORCHESTRATOR, clock=SimulatedClock(NOW_MS))
     assert caught.value.hint is not None
     assert "koiitasks node register" in caught.value.hint
+
+
+class TestRunUpcoming:
+    """Rounds one after another on the wall clock, where a slow start misses a round."""
+
+    def test_a_missed_round_is_replaced_by_a_later_one_with_a_longer_lead(
+        self, remote: tuple[Remote, SimulatedClock]
+    ) -> None:
+        """The runner misses round 0; round 1 is tried with twice the lead, then round 2 runs
+        after it: two results for two rounds asked, and the miss reported."""
+        orchestrator, clock = remote
+        asked: list[int] = []
+        missed: list[str] = []
+
+        def runner(number: int) -> RoundResult:
+            asked.append(number)
+            clock.set_ms(NOW_MS + 5 + 100 * number + 250)  # the round ran to its settlement
+            if len(asked) == 1:
+                raise RoundMissed(f"round {number} can no longer run")
+            return RoundResult.model_validate({**RESULT, "round": number})
+
+        results = list(
+            orchestrator.run_upcoming(runner, count=2, on_missed=lambda e: missed.append(e.message))
+        )
+        assert [r.round for r in results] == [3, 6]
+        assert asked == [0, 3, 6]
+        assert missed == ["round 0 can no longer run"]
+
+    def test_too_many_misses_in_a_row_stop_the_run(
+        self, remote: tuple[Remote, SimulatedClock]
+    ) -> None:
+        """A runner that only ever misses is given up on after max_missed tries."""
+        orchestrator, _ = remote
+        calls: list[int] = []
+
+        def runner(number: int) -> RoundResult:
+            calls.append(number)
+            raise RoundMissed("missed")
+
+        with pytest.raises(RoundMissed):
+            list(orchestrator.run_upcoming(runner, count=1, max_missed=3))
+        assert len(calls) == 3
+
+
+RESULT = {
+    "task_id": "test-task",
+    "round": 0,
+    "bounty": 0,
+    "distribution_accepted": False,
+    "attempts": 0,
+    "already_settled": False,
+    "sequence": 0,
+    "ledger_hash": "0" * 64,
+    "reasons": [],
+    "nodes": {},
+}
