@@ -112,11 +112,10 @@ def _flow_runner(
 ) -> Callable[[int], RoundResult]:
     import httpx  # noqa: PLC0415
     from prefect.client.orchestration import get_client  # noqa: PLC0415
-
-    from koiitasks.errors import ConfigError  # noqa: PLC0415
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import remote_round  # noqa: PLC0415
+    from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415 - used at run time
 
     # Without PREFECT_API_URL the first client starts a temporary server (10 s or more): start
