@@ -6,9 +6,11 @@ node identities between them, then, in the same run:
 
 1. **Throughput.** Batches of execute calls to every identity (a fresh signed request each
    batch, so no node refuses a replay) through :class:`koiitasks.nodes.http.HttpPool`,
-   interleaved with the same batches sent by plain httpx (one ``AsyncClient``, one event loop,
-   the same concurrency bound) and by ``asyncio.run`` with a new client per batch (the other
-   way to drive async httpx from sync code). Goal: the pool at least 0.7 of plain httpx.
+   interleaved with the same batches sent by plain httpx: one ``AsyncClient`` on one event loop
+   with the same concurrency bound (``raw``), the same with 8 connections, httpx's best setting
+   on this machine (``raw_8``), and ``raw_8`` again but with ``asyncio.run`` and a new client
+   per batch (``run_per_call``: the other way to drive async httpx from sync code, which cannot
+   keep connections between calls). Goal: the pool at least 0.7 of plain httpx.
 2. **Completion time.** Rounds whose request goes out at their first slot, as the round engine
    sends it: for every answer, the completion time ingest records (from the request's slot to
    receipt, on the orchestrator's clock) against the time the client measured (from the moment
@@ -35,7 +37,7 @@ from koiitasks.clock import Schedule, SlotClock, WallClock
 from koiitasks.identity import Keypair, load_key
 from koiitasks.ingest import Accepted, IngestRules, ingest
 from koiitasks.model import Phase
-from koiitasks.nodes.http import KEEPALIVE_S, HttpPool
+from koiitasks.nodes.http import DEFAULT_CONCURRENCY, KEEPALIVE_S, HttpPool
 from koiitasks.nodes.wire import ExecuteCall, call_url, encode_call
 from koiitasks.protocol import RoundRequest, Signed, TaskRecord, digest, sign
 from koiitasks.task import load_task
@@ -74,9 +76,9 @@ class Bench:
         self.sent_ms: dict[str, int] = {}
         self.new_record()
 
-    def new_record(self) -> None:
-        """A task record whose round 0 starts at the next slot boundary; a pool for it."""
-        now = self.clock.now_ms()
+    def new_record(self, lead_ms: int = 0) -> None:
+        """A task record whose round 0 starts at the first slot boundary ``lead_ms`` from now."""
+        now = self.clock.now_ms() + lead_ms
         genesis = (now // self.slot_ms + 1) * self.slot_ms
         config = self.loaded.config.model_dump(mode="json", exclude={"metadata"})
         self.record: Signed[TaskRecord] = sign(
@@ -118,10 +120,12 @@ class Bench:
             self.orchestrator,
         )
 
-    async def raw_batch(self, client: httpx.AsyncClient, request: Signed[RoundRequest]) -> int:
+    async def raw_batch(
+        self, client: httpx.AsyncClient, request: Signed[RoundRequest], concurrency: int = 0
+    ) -> int:
         """The same calls with plain httpx: POST, read the body, count 200s."""
         body = encode_call(ExecuteCall(task=self.record, request=request))
-        semaphore = asyncio.Semaphore(self.concurrency)
+        semaphore = asyncio.Semaphore(concurrency or self.concurrency)
 
         async def one(node_id: str, url: str) -> bool:
             async with semaphore:
@@ -130,11 +134,10 @@ class Bench:
 
         return sum(await asyncio.gather(*(one(n, u) for n, u in self.urls.items())))
 
-    def client(self) -> httpx.AsyncClient:
+    def client(self, connections: int = 0) -> httpx.AsyncClient:
+        size = connections or self.concurrency
         limits = httpx.Limits(
-            max_connections=self.concurrency,
-            max_keepalive_connections=self.concurrency,
-            keepalive_expiry=KEEPALIVE_S,
+            max_connections=size, max_keepalive_connections=size, keepalive_expiry=KEEPALIVE_S
         )
         return httpx.AsyncClient(limits=limits, trust_env=False, timeout=30)
 
@@ -144,7 +147,8 @@ def throughput(bench: Bench, batches: int) -> dict[str, Any]:
     pool = bench.pool()
     loop = asyncio.new_event_loop()
     raw_client = bench.client()
-    spent = {"pool": 0.0, "raw": 0.0, "run_per_call": 0.0}
+    raw_8_client = bench.client(8)
+    spent = {"pool": 0.0, "raw": 0.0, "raw_8": 0.0, "run_per_call": 0.0}
     answered = dict.fromkeys(spent, 0)
     nodes = list(bench.urls)
 
@@ -154,22 +158,26 @@ def throughput(bench: Bench, batches: int) -> dict[str, Any]:
         spent[name] += time.perf_counter() - started
 
     async def run_per_call(request: Signed[RoundRequest]) -> int:
-        async with bench.client() as client:
-            return await bench.raw_batch(client, request)
+        async with bench.client(8) as client:  # a new loop and client (8 connections) per batch
+            return await bench.raw_batch(client, request, 8)
 
     try:
         # One untimed batch each warms connections and code paths.
         pool.execute(bench.request(-1), nodes)
         loop.run_until_complete(bench.raw_batch(raw_client, bench.request(-2)))
+        loop.run_until_complete(bench.raw_batch(raw_8_client, bench.request(-3), 8))
         for batch in range(batches):
-            pooled = bench.request(batch)
-            raw = bench.request(batch)
-            per_call = bench.request(batch)
+            pooled, raw, raw_8, per_call = (bench.request(batch) for _ in range(4))
             timed("pool", lambda r=pooled: sum(x.data is not None for x in pool.execute(r, nodes)))
             timed("raw", lambda r=raw: loop.run_until_complete(bench.raw_batch(raw_client, r)))
+            timed(
+                "raw_8",
+                lambda r=raw_8: loop.run_until_complete(bench.raw_batch(raw_8_client, r, 8)),
+            )
             timed("run_per_call", lambda r=per_call: asyncio.run(run_per_call(r)))
     finally:
         loop.run_until_complete(raw_client.aclose())
+        loop.run_until_complete(raw_8_client.aclose())
         loop.close()
         pool.close()
     rates = {name: answered[name] / spent[name] for name in spent}
@@ -179,7 +187,8 @@ def throughput(bench: Bench, batches: int) -> dict[str, Any]:
         "answered": answered,
         "calls_per_s": {name: round(rate, 1) for name, rate in rates.items()},
         "pool_vs_raw": round(rates["pool"] / rates["raw"], 3),
-        "run_per_call_vs_raw": round(rates["run_per_call"] / rates["raw"], 3),
+        "pool_vs_raw_8": round(rates["pool"] / rates["raw_8"], 3),
+        "run_per_call_vs_raw_8": round(rates["run_per_call"] / rates["raw_8"], 3),
     }
 
 
@@ -189,9 +198,14 @@ def completion_error(bench: Bench, rounds: int) -> dict[str, Any]:
     slot_errors: list[int] = []
     nodes = list(bench.urls)
     for _ in range(rounds):
-        bench.new_record()
+        bench.new_record(lead_ms=3000)  # room to make the pool before round 0 starts
         pool = bench.pool()
         try:
+            if (
+                bench.slot_clock.get_slot() > 0
+                or bench.clock.now_ms() >= bench.record.body.genesis_ms
+            ):
+                raise SystemExit("the pool took longer to make than the lead: raise lead_ms")
             bench.slot_clock.wait_for_slot(0)
             request = sign(
                 RoundRequest(
@@ -242,7 +256,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5, help="for the completion-time part")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--slot-ms", type=int, default=400)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="koii-remote-bench-") as tmp:
