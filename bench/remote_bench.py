@@ -27,6 +27,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,13 @@ def throughput(bench: Bench, batches: int) -> dict[str, Any]:
     raw_client = bench.client()
     raw_8_client = bench.client(8)
     spent = {"pool": 0.0, "raw": 0.0, "raw_8": 0.0, "run_per_call": 0.0}
+    errors: Counter[str] = Counter()
+
+    def pooled_batch(request: Signed[RoundRequest]) -> int:
+        replies = pool.execute(request, nodes)
+        errors.update(r.error for r in replies if r.data is None)
+        return sum(r.data is not None for r in replies)
+
     answered = dict.fromkeys(spent, 0)
     nodes = list(bench.urls)
 
@@ -168,7 +176,7 @@ def throughput(bench: Bench, batches: int) -> dict[str, Any]:
         loop.run_until_complete(bench.raw_batch(raw_8_client, bench.request(-3), 8))
         for batch in range(batches):
             pooled, raw, raw_8, per_call = (bench.request(batch) for _ in range(4))
-            timed("pool", lambda r=pooled: sum(x.data is not None for x in pool.execute(r, nodes)))
+            timed("pool", lambda r=pooled: pooled_batch(r))
             timed("raw", lambda r=raw: loop.run_until_complete(bench.raw_batch(raw_client, r)))
             timed(
                 "raw_8",
@@ -185,6 +193,7 @@ def throughput(bench: Bench, batches: int) -> dict[str, Any]:
         "calls_per_batch": len(nodes),
         "batches": batches,
         "answered": answered,
+        "pool_errors": dict(errors),
         "calls_per_s": {name: round(rate, 1) for name, rate in rates.items()},
         "pool_vs_raw": round(rates["pool"] / rates["raw"], 3),
         "pool_vs_raw_8": round(rates["pool"] / rates["raw_8"], 3),
