@@ -82,6 +82,7 @@ def serve(
     """
     setup_logging(verbose)
     from koiitasks.clock import OffsetClock, WallClock  # noqa: PLC0415
+    from koiitasks.errors import TaskLoadError  # noqa: PLC0415
     from koiitasks.identity import load_key  # noqa: PLC0415
     from koiitasks.nodes.host import NodeHost  # noqa: PLC0415
     from koiitasks.nodes.server import bind, create_app  # noqa: PLC0415
@@ -105,7 +106,12 @@ def serve(
         clock=clock,
         skew_tolerance_slots=skew_tolerance_slots,
     )
-    loaded.task.ensure_setup()
+    try:
+        loaded.task.ensure_setup()  # Koii's setup: once, before the first call
+    except Exception as e:
+        raise TaskLoadError(
+            f"setup hook of task {loaded.task_id!r} failed: {type(e).__name__}: {e}"
+        ) from e
     application = create_app(node_host, max_call_bytes=max_call_bytes)
     sock = bind(host, port)
     who = (

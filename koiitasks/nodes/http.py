@@ -164,7 +164,7 @@ class HttpPool(NodePool):
     def execute(self, request: Signed[RoundRequest], node_ids: Sequence[str]) -> list[Reply]:
         body = encode_call(ExecuteCall(task=self.task_record, request=request))
         cap = reply_cap(Phase.EXECUTE, max_result_bytes=self.max_result_bytes)
-        return self.send(request, [self._job(node, body, cap) for node in node_ids])
+        return self._send(request, [self._job(node, body, cap) for node in node_ids])
 
     def audit(
         self,
@@ -176,7 +176,7 @@ class HttpPool(NodePool):
             call = AuditCall(task=self.task_record, request=request, submissions=tuple(records))
             cap = reply_cap(Phase.AUDIT, max_result_bytes=self.max_result_bytes, items=len(records))
             jobs.append(self._job(auditor, encode_call(call), cap))
-        return self.send(request, jobs)
+        return self._send(request, jobs)
 
     def build_distribution(
         self, request: Signed[RoundRequest], builder: str, inputs: DistributionInputs, attempt: int
@@ -187,7 +187,7 @@ class HttpPool(NodePool):
         cap = reply_cap(
             Phase.DISTRIBUTION, max_result_bytes=self.max_result_bytes, items=len(inputs.approved)
         )
-        (reply,) = self.send(request, [self._job(builder, encode_call(call), cap)])
+        (reply,) = self._send(request, [self._job(builder, encode_call(call), cap)])
         return reply
 
     def audit_distribution(
@@ -202,7 +202,7 @@ class HttpPool(NodePool):
         )
         body = encode_call(call)
         cap = reply_cap(Phase.DISTRIBUTION_AUDIT, max_result_bytes=self.max_result_bytes)
-        return self.send(request, [self._job(auditor, body, cap) for auditor in auditors])
+        return self._send(request, [self._job(auditor, body, cap) for auditor in auditors])
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -215,7 +215,7 @@ class HttpPool(NodePool):
         window = phase_window(self.schedule, body.phase, body.round)
         return self.slot_clock.ms_of_slot(window.end)
 
-    def send(self, request: Signed[RoundRequest], jobs: Sequence[_Job]) -> list[Reply]:
+    def _send(self, request: Signed[RoundRequest], jobs: Sequence[_Job]) -> list[Reply]:
         """Send every job's call for ``request``; one reply each, by the window's close."""
         if not jobs:
             return []
