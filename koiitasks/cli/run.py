@@ -60,6 +60,22 @@ def run(
     ] = False,
     json_out: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Run on the nodes registered in the store (`koiitasks node register`), on the "
+            "wall clock, instead of simulated nodes.",
+        ),
+    ] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="With --remote: the orchestrator's key file (`koiitasks node keygen`)."),
+    ] = None,
+    skew_tolerance_slots: Annotated[
+        int,
+        typer.Option(help="With --remote: slots a node's clock may run ahead of ours.", min=0),
+    ] = 1,
 ) -> None:
     """Run rounds of a task in the local sandbox: simulated nodes on a simulated slot clock.
 
@@ -71,6 +87,7 @@ def run(
         koiitasks run examples/hash-puzzle --rounds 5 --json | jq .nodes
         koiitasks run examples/hash-puzzle --adversary lazy=1 --trace lazy
         koiitasks run examples/hash-puzzle --workers 1    # then breakpoint() in a hook stops
+        koiitasks run examples/hash-puzzle --remote --key orchestrator.json --rounds 3
     """
     setup_logging(verbose)
     from koiitasks.network import parse_adversaries  # noqa: PLC0415 - keep --help fast
@@ -80,6 +97,21 @@ def run(
     if rounds is not None and round_number is not None:
         raise typer.BadParameter("give --rounds or --round, not both")
     url = store_url(store)
+    if remote:
+        from koiitasks.cli.remote import run_remote  # noqa: PLC0415
+
+        run_remote(
+            task_dir,
+            store=url,
+            key=key,
+            rounds=rounds,
+            round_number=round_number,
+            plain=plain,
+            json_out=json_out,
+            skew_tolerance_slots=skew_tolerance_slots,
+            sandbox_options={"nodes": nodes, "seed": seed, "adversary": adversary},
+        )
+        return
     adversaries = parse_adversaries(adversary) if adversary else None
     options: dict[str, Any] = {
         "store": url,
