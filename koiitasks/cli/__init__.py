@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import ledger, run
+from koiitasks.cli import deploy, ledger, run
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -26,6 +26,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 app.command()(run.run)
+app.command()(deploy.deploy)
 app.add_typer(ledger.app, name="ledger")
 
 

@@ -1,0 +1,120 @@
+"""`koiitasks deploy`: run a task for real, one Prefect flow run per round, on its slot clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from uuid import UUID
+
+import typer
+
+from koiitasks.cli._common import StoreOption, err, out, setup_logging, store_url
+from koiitasks.errors import ConfigError
+
+
+def deploy(
+    task_dir: Annotated[Path, typer.Argument(help="Folder with config-task.yml and task.py.")],
+    store: StoreOption = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            help="Run N simulated nodes inside each round's flow, on the wall clock (demos, "
+            "tests). Without it: the nodes registered in the store.",
+            min=2,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the simulated nodes' keys (with --nodes).")
+    ] = None,
+    adversary: Annotated[
+        list[str] | None,
+        typer.Option(help="KIND=COUNT misbehaving simulated nodes; repeatable (with --nodes)."),
+    ] = None,
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--work-pool",
+            help="Register the deployment for workers of this pool (made as a `process` pool "
+            "if missing) instead of serving it here.",
+        ),
+    ] = None,
+    start_in: Annotated[
+        float,
+        typer.Option(help="On a first deploy: seconds from now to round 0's first slot.", min=1),
+    ] = 10.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+) -> None:
+    """Deploy a task: a Prefect deployment, named after the task, that starts one round flow
+    run every `round_time` slots, each at its round's first slot.
+
+    Rounds overlap as Koii's gradual consensus says (about three are live at once) and are
+    watched in the Prefect UI: runs named `TASK-round-N`, artifacts per round, the task's
+    balances, events for slashes, rejected lists and missed rounds. Needs a Prefect server:
+    `PREFECT_API_URL` names it (`infra/stack.sh start` starts one). Examples:
+
+        koiitasks deploy examples/hash-puzzle --store ./deployed --nodes 8
+        koiitasks deploy examples/hash-puzzle --store ./deployed --work-pool rounds
+    """
+    setup_logging(verbose)
+    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - keep --help fast
+
+    from koiitasks import deployment, serving  # noqa: PLC0415
+    from koiitasks.network import parse_adversaries  # noqa: PLC0415
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: a deployment needs a running Prefect server",
+            hint="start one with `infra/stack.sh start`, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`",
+        )
+    url = store_url(store)
+    deployment.prepare_deployed_task(
+        task_dir,
+        url,
+        nodes=nodes,
+        seed=seed,
+        adversaries=parse_adversaries(adversary) if adversary else None,
+        lead_ms=int(start_in * 1000),
+    )
+    plan = deployment.plan_deployment(task_dir, url)
+    engine = deployment.open_deployed_engine(task_dir, url)
+
+    def ready(deployment_id: UUID, lines: list[str]) -> None:
+        now_round = plan.round_at_ms(engine.slot_clock.clock.now_ms())
+        out.print(
+            f"deployment koii-deployed-round/{plan.name} ({deployment_id}): a round every "
+            f"{plan.round_ms / 1000:g} s ({plan.schedule.round_time} slots of {plan.slot_ms} ms) "
+            f"from round 0 at {plan.anchor.isoformat(timespec='milliseconds')}; now in round "
+            f"{max(0, now_round)}; at most {plan.concurrency_limit} runs at once\n"
+            f"store: {url}\nUI: {str(api_url).removesuffix('/api')}/deployments",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        for line in lines:
+            out.print(line, markup=False, highlight=False)
+
+    try:
+        if work_pool and serving.ensure_work_pool(work_pool):
+            err.print(f"made work pool {work_pool!r} (type process)", highlight=False)
+        runner = serving.runner_deployment(plan, work_pool=work_pool)
+        if work_pool:
+            deployment_id = serving.apply(runner, work_pool=work_pool)
+            serving.schedule_now(deployment_id)
+            ready(deployment_id, serving.recover_and_report(plan, engine, deployment_id))
+            out.print(
+                f"registered for work pool {work_pool!r}; start a worker: "
+                f"prefect worker start --pool {work_pool}",
+                markup=False,
+                highlight=False,
+            )
+            return
+
+        def serving_ready(deployment_id: UUID, lines: list[str]) -> None:
+            ready(deployment_id, lines)
+            out.print("serving; stop with Ctrl-C or SIGTERM", markup=False, highlight=False)
+
+        serving.serve(plan, runner, engine, on_ready=serving_ready)
+    finally:
+        engine.pool.close()

@@ -1,0 +1,130 @@
+"""A deployed task as a Prefect deployment: served in the foreground, or registered for workers.
+
+The deployment is named after the task and runs ``flows.deployed:deployed_round`` (imported by
+module path, so serve's and a worker's child processes load the installed koiitasks). Its
+schedule is an interval of one round anchored at round 0's first slot; its concurrency limit
+(``ENQUEUE``) leaves room for the rounds that are alive at once and no more, so after downtime
+the rounds that came due are recorded as missed rather than run late in a burst. Before serving
+or after registering, :func:`~koiitasks.recovery.recover` deals with runs a restart left behind.
+
+Prefect settings worth knowing (``infra/stack.sh`` sets them): the server should keep
+concurrency leases on disk (``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=...filesystem``), or a
+server restart forgets them and a round that renews its lease afterwards is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from koiitasks.deployment import PREFETCH_S, DeploymentPlan
+from koiitasks.events import emit
+from koiitasks.live import LiveEngine
+from koiitasks.recovery import RecoveryReport, recover
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+#: Flow-run processes get the koiitasks loggers (node ids, refusals) in the Prefect UI.
+FLOW_RUN_ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "koiitasks"}
+
+
+def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> RunnerDeployment:
+    """The Prefect deployment of a planned task."""
+    from prefect.client.schemas.objects import (  # noqa: PLC0415 - Prefect only when deploying
+        ConcurrencyLimitConfig,
+        ConcurrencyLimitStrategy,
+    )
+    from prefect.schedules import Interval  # noqa: PLC0415
+    from prefect.types.entrypoint import EntrypointType  # noqa: PLC0415
+
+    from flows.deployed import deployed_round  # noqa: PLC0415
+
+    deployment: RunnerDeployment = deployed_round.to_deployment(  # type: ignore[assignment]
+        name=plan.name,
+        schedule=Interval(plan.interval, anchor_date=plan.anchor, timezone="UTC"),
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=plan.concurrency_limit, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+        parameters=plan.parameters,
+        tags=plan.tags,
+        description=(
+            f"Rounds of task {plan.task_id}: one flow run every {plan.schedule.round_time} slots "
+            f"of {plan.slot_ms} ms, from round 0 at {plan.anchor.isoformat()}"
+        ),
+        work_pool_name=work_pool,
+        job_variables={"env": FLOW_RUN_ENV} if work_pool else None,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return deployment
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create a ``process`` work pool of that name unless it exists; whether it was created."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            return True
+    return False
+
+
+def apply(deployment: RunnerDeployment, *, work_pool: str | None = None) -> UUID:
+    """Create or update the deployment on the server; its id. (Prefect drops the deployment's
+    future scheduled runs on every update; :func:`schedule_now` makes them again at once.)"""
+    deployment_id: UUID = deployment.apply(work_pool_name=work_pool)  # type: ignore[assignment]
+    return deployment_id
+
+
+def schedule_now(deployment_id: UUID) -> None:
+    """Have the server make the deployment's next scheduled runs now, not at its next loop."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id})
+
+
+def recover_and_report(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> list[str]:
+    """Run recovery, send its events, and say what it did."""
+    report: RecoveryReport = recover(plan, engine, deployment_id)
+    emit(report.events)
+    return report.lines()
+
+
+def serve(
+    plan: DeploymentPlan,
+    deployment: RunnerDeployment,
+    engine: LiveEngine,
+    *,
+    on_ready: Callable[[UUID, list[str]], None] = lambda _id, _lines: None,
+) -> None:
+    """Serve the deployment in this process until SIGTERM or Ctrl-C, as Prefect's ``serve``
+    does, with recovery between registering the deployment and polling for its runs.
+
+    Flow-run processes inherit this process's environment, so the caller sets
+    :data:`FLOW_RUN_ENV` there (the CLI's logging set-up does).
+    """
+    from prefect.exceptions import TerminationSignal  # noqa: PLC0415
+    from prefect.runner import Runner  # noqa: PLC0415
+
+    runner = Runner(
+        name=f"koiitasks-{plan.task_id}",
+        limit=plan.concurrency_limit,
+        query_seconds=plan.poll_s,
+        prefetch_seconds=PREFETCH_S,
+        pause_on_shutdown=True,
+    )
+    deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
+    schedule_now(deployment_id)
+    lines = recover_and_report(plan, engine, deployment_id)
+    on_ready(deployment_id, lines)
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())
