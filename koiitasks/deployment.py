@@ -40,8 +40,8 @@ ALIGN_WITHIN_MS = 10_000
 
 #: How long before its round a flow run's process is started (Prefect's prefetch). A flow-run
 #: process needs a few seconds of CPU to import Prefect and start, far more on a busy machine;
-#: it then waits, idle, for its round's first slot.
-PREFETCH_S = 15.0
+#: it then waits, idle, for its round's first slot. Each waiting process holds ~150 MB.
+DEFAULT_PREFETCH_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class DeploymentPlan:
     genesis_ms: int
     schedule: Schedule
     slot_ms: int
+    prefetch_s: float = DEFAULT_PREFETCH_S
 
     @property
     def name(self) -> str:
@@ -92,13 +93,13 @@ class DeploymentPlan:
     def concurrency_limit(self) -> int:
         """Flow runs of the deployment at once: the live rounds, the ones already started and
         waiting for their first slot, and one for a rerun after a restart."""
-        waiting = math.ceil(PREFETCH_S * 1000 / self.round_ms)
+        waiting = math.ceil(self.prefetch_s * 1000 / self.round_ms)
         return self.live_rounds + waiting + 1
 
     @property
     def poll_s(self) -> float:
         """How often the serve process asks the server for due runs."""
-        return max(1.0, min(5.0, PREFETCH_S / 2))
+        return max(1.0, min(5.0, self.prefetch_s / 3))
 
     def round_at_ms(self, ms: int) -> int:
         """The round whose first slot is nearest ``ms`` (a scheduled start is exactly one)."""
@@ -170,7 +171,9 @@ def prepare_deployed_task(
     )
 
 
-def plan_deployment(task_dir: Path | str, store_url: str) -> DeploymentPlan:
+def plan_deployment(
+    task_dir: Path | str, store_url: str, *, prefetch_s: float = DEFAULT_PREFETCH_S
+) -> DeploymentPlan:
     """The deployment of a task that ``koiitasks deploy`` prepared in the store."""
     loaded = load_task(task_dir)
     store = open_store(store_url)
@@ -193,6 +196,7 @@ def plan_deployment(task_dir: Path | str, store_url: str) -> DeploymentPlan:
             audit_window=config.audit_window,
         ),
         slot_ms=config.slot_ms,
+        prefetch_s=prefetch_s,
     )
 
 

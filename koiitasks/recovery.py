@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -93,7 +94,16 @@ def claimed_process_alive(claim: str | None) -> bool | None:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process nobody has reaped yet still answers ``kill(pid, 0)``."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in {"Z", "X"}
 
 
 def recover(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> RecoveryReport:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from koiitasks.deployment import PREFETCH_S, DeploymentPlan
+from koiitasks.deployment import DeploymentPlan
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
 from koiitasks.recovery import RecoveryReport, recover
@@ -51,10 +52,7 @@ def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> 
         ),
         parameters=plan.parameters,
         tags=plan.tags,
-        description=(
-            f"Rounds of task {plan.task_id}: one flow run every {plan.schedule.round_time} slots "
-            f"of {plan.slot_ms} ms, from round 0 at {plan.anchor.isoformat()}"
-        ),
+        description=_description(plan),
         work_pool_name=work_pool,
         job_variables={"env": FLOW_RUN_ENV} if work_pool else None,
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -119,7 +117,7 @@ def serve(
         name=f"koiitasks-{plan.task_id}",
         limit=plan.concurrency_limit,
         query_seconds=plan.poll_s,
-        prefetch_seconds=PREFETCH_S,
+        prefetch_seconds=plan.prefetch_s,
         pause_on_shutdown=True,
     )
     deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
@@ -128,3 +126,50 @@ def serve(
     on_ready(deployment_id, lines)
     with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
         asyncio.run(runner.start())
+
+
+def prefect_yaml(plan: DeploymentPlan, *, work_pool: str) -> str:
+    """The same deployment as a ``prefect.yaml`` for ``prefect deploy`` (workers of a pool run
+    it from this checkout, which ``flows/`` and ``koiitasks/`` are imported from)."""
+    import yaml  # noqa: PLC0415
+
+    checkout = Path(__file__).resolve().parents[1]
+    document = {
+        "name": "koiitasks",
+        "prefect-version": "3.9.1",
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(checkout)}}],
+        "deployments": [
+            {
+                "name": plan.name,
+                "entrypoint": "flows/deployed.py:deployed_round",
+                "description": _description(plan),
+                "tags": plan.tags,
+                "parameters": plan.parameters,
+                "schedules": [
+                    {
+                        "interval": plan.round_ms / 1000,
+                        "anchor_date": plan.anchor.isoformat(),
+                        "timezone": "UTC",
+                    }
+                ],
+                "concurrency_limit": {
+                    "limit": plan.concurrency_limit,
+                    "collision_strategy": "ENQUEUE",
+                },
+                "work_pool": {"name": work_pool, "job_variables": {"env": FLOW_RUN_ENV}},
+            }
+        ],
+    }
+    header = (
+        f"# Rounds of task {plan.task_id} as a Prefect deployment, made by `koiitasks deploy "
+        "--prefect-yaml`.\n# Deploy it with `prefect deploy --all --prefect-file THIS_FILE`; "
+        "the anchor is round 0's first slot,\n# the genesis recorded in the store.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False)
+
+
+def _description(plan: DeploymentPlan) -> str:
+    return (
+        f"Rounds of task {plan.task_id}: one flow run every {plan.schedule.round_time} slots "
+        f"of {plan.slot_ms} ms, from round 0 at {plan.anchor.isoformat()}"
+    )

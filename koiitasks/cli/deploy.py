@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 from uuid import UUID
@@ -42,6 +43,22 @@ def deploy(
         float,
         typer.Option(help="On a first deploy: seconds from now to round 0's first slot.", min=1),
     ] = 10.0,
+    prefetch: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before its round a flow run's process is started (it needs a few "
+            "to start, more on a busy machine).",
+            min=1,
+        ),
+    ] = 15.0,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefect-yaml",
+            help="Write the same deployment as a prefect.yaml (for `prefect deploy`, with "
+            "--work-pool) to this file instead of deploying.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
 ) -> None:
     """Deploy a task: a Prefect deployment, named after the task, that starts one round flow
@@ -55,6 +72,8 @@ def deploy(
         koiitasks deploy examples/hash-puzzle --store ./deployed --nodes 8
         koiitasks deploy examples/hash-puzzle --store ./deployed --work-pool rounds
     """
+    # A long-running service: its log is the rounds' log (summaries, unpaid nodes by id).
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     setup_logging(verbose)
     from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - keep --help fast
 
@@ -62,7 +81,13 @@ def deploy(
     from koiitasks.network import parse_adversaries  # noqa: PLC0415
 
     api_url = PREFECT_API_URL.value()
-    if not api_url:
+    if prefect_yaml is not None and not work_pool:
+        raise ConfigError(
+            "--prefect-yaml needs --work-pool: `prefect deploy` registers deployments for "
+            "workers of a pool",
+            hint="add --work-pool NAME (`prefect work-pool create NAME --type process` makes it)",
+        )
+    if not api_url and prefect_yaml is None:
         raise ConfigError(
             "PREFECT_API_URL is not set: a deployment needs a running Prefect server",
             hint="start one with `infra/stack.sh start`, then "
@@ -77,7 +102,11 @@ def deploy(
         adversaries=parse_adversaries(adversary) if adversary else None,
         lead_ms=int(start_in * 1000),
     )
-    plan = deployment.plan_deployment(task_dir, url)
+    plan = deployment.plan_deployment(task_dir, url, prefetch_s=prefetch)
+    if prefect_yaml is not None and work_pool:
+        prefect_yaml.write_text(serving.prefect_yaml(plan, work_pool=work_pool))
+        out.print(f"wrote {prefect_yaml}", markup=False, highlight=False)
+        return
     engine = deployment.open_deployed_engine(task_dir, url)
 
     def ready(deployment_id: UUID, lines: list[str]) -> None:

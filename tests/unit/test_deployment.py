@@ -124,7 +124,7 @@ class TestPlan:
 
     def test_the_concurrency_limit_leaves_room_for_waiting_and_rerun_runs(self) -> None:
         """Live rounds, the runs started early and waiting for their slot, and one rerun."""
-        p = plan(slot_ms=400, round_time=10)  # 4 s rounds; runs start 15 s early
+        p = plan(slot_ms=400, round_time=10)  # 4 s rounds; runs start 15 s early (default)
         assert p.concurrency_limit == 3 + 4 + 1
 
     def test_tags_and_parameters_name_the_task(self) -> None:

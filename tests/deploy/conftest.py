@@ -1,0 +1,101 @@
+"""Fixtures for deployed tasks: real ``prefect server start`` processes on 127.0.0.1, one on
+SQLite and one on a PostgreSQL cluster these fixtures start, and a task with short rounds.
+
+Each server starts once per session (about 20 s each) and is stopped at the end of the session,
+whatever happened; every test deploys a task of its own name, so runs never mix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from koiitasks.testing import write_task
+from koiitasks.testing.deployed import DeployProcess
+from koiitasks.testing.processes import PostgresServer, PrefectServer
+from tests.conftest import HASH_PUZZLE
+
+#: Rounds of 8 s (32 slots of 250 ms): each round's flow run lives about 20 s, so three
+#: overlap, and three scheduled rounds are paid within a minute of the deploy.
+DEPLOYED_CONFIG = {
+    "round_time": 32,
+    "submission_window": 8,
+    "audit_window": 8,
+    "slot_ms": 250,
+    "minimum_stake_amount": 100,
+    "total_bounty_amount": 1_000_000,
+    "bounty_amount_per_round": 1_200,
+    "allowed_failed_distributions": 2,
+}
+
+#: A flow-run process may need many seconds to start on a busy machine: start it 30 s early.
+DEPLOY_OPTIONS = ("--start-in", "15", "--prefetch", "30")
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """`prefect server start` on SQLite in a fresh PREFECT_HOME."""
+    with PrefectServer(tmp_path_factory.mktemp("prefect-sqlite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """`prefect server start` on a PostgreSQL cluster started (and removed) by this fixture."""
+    with (
+        PostgresServer() as postgres,
+        PrefectServer(tmp_path_factory.mktemp("prefect-pg"), database_url=postgres.url) as server,
+    ):
+        yield server
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A Prefect server and how rounds reach it: served by `koiitasks deploy`, or registered
+    for a work pool and run by a `prefect worker`."""
+
+    server: PrefectServer
+    work_pool: str | None
+
+    @property
+    def name(self) -> str:
+        return ("Pg" if self.server.database_url else "Lite") + (" Pool" if self.work_pool else "")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("sqlite_server", None), id="sqlite-serve"),
+        pytest.param(("postgres_server", "rounds"), id="postgresql-worker"),
+    ]
+)
+def setup(request: pytest.FixtureRequest) -> Setup:
+    """SQLite with `koiitasks deploy` serving; PostgreSQL with a process worker."""
+    fixture, work_pool = request.param
+    return Setup(server=request.getfixturevalue(fixture), work_pool=work_pool)
+
+
+def deployed_task(tmp_path: Path, name: str) -> Path:
+    """The hash puzzle with short rounds, under its own task name."""
+    source = (HASH_PUZZLE / "task.py").read_text()
+    return write_task(tmp_path / "task", source, config={"task_name": name, **DEPLOYED_CONFIG})
+
+
+def deploy_process(
+    tmp_path: Path,
+    task_dir: Path,
+    server: PrefectServer,
+    *nodes: str,
+    work_pool: str | None = None,
+) -> DeployProcess:
+    """`koiitasks deploy` of a task to a store in ``tmp_path``, against ``server``."""
+    return DeployProcess(
+        task_dir,
+        tmp_path / "store",
+        server.api_url,
+        tmp_path / "client-home",
+        options=(*nodes, *DEPLOY_OPTIONS),
+        work_pool=work_pool,
+    )
