@@ -77,10 +77,11 @@ def setup(request: pytest.FixtureRequest) -> Setup:
     return Setup(server=request.getfixturevalue(fixture), work_pool=work_pool)
 
 
-def deployed_task(tmp_path: Path, name: str) -> Path:
+def deployed_task(tmp_path: Path, name: str, **config: int) -> Path:
     """The hash puzzle with short rounds, under its own task name."""
     source = (HASH_PUZZLE / "task.py").read_text()
-    return write_task(tmp_path / "task", source, config={"task_name": name, **DEPLOYED_CONFIG})
+    doc = {"task_name": name, **DEPLOYED_CONFIG, **config}
+    return write_task(tmp_path / "task", source, config=doc)
 
 
 def deploy_process(
