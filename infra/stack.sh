@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A local stack on loopback for running tasks on a schedule:
 #
-#   infra/stack.sh start [--postgres] [--ui]   Prefect server (SQLite, or PostgreSQL made here
-#                                              with initdb/pg_ctl) and the moto server
+#   infra/stack.sh start [--postgres] [--no-ui]  Prefect server with its UI (SQLite, or
+#                                              PostgreSQL made here with initdb/pg_ctl) and the
+#                                              moto server
 #   infra/stack.sh serve TASK_DIR [OPTIONS]    `koiitasks deploy TASK_DIR OPTIONS` in the
 #                                              background (serves the task's rounds)
 #   infra/stack.sh worker POOL                 `prefect worker start --pool POOL` in the
@@ -38,7 +39,7 @@ else
 fi
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -184,11 +185,11 @@ wait_healthy() {
 }
 
 start() {
-    local postgres=0 ui="--no-ui" pid
+    local postgres=0 ui="--ui" pid
     for arg in "$@"; do
         case "$arg" in
             --postgres) postgres=1 ;;
-            --ui) ui="--ui" ;;
+            --no-ui) ui="--no-ui" ;;
             *) usage ;;
         esac
     done

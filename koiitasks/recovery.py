@@ -48,6 +48,7 @@ class RecoveryReport:
     rerun: list[int] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
     stray: int = 0
+    rerun_ids: list[UUID] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -106,40 +107,55 @@ def _is_zombie(pid: int) -> bool:
     return state in {"Z", "X"}
 
 
-def recover(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> RecoveryReport:
+def recover(
+    plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID, *, starting: bool = True
+) -> RecoveryReport:
     """Crash and re-run the deployment's dead runs; cancel and record the runs that came due
-    while nothing ran them (see the module docstring)."""
+    while nothing ran them (see the module docstring).
+
+    ``starting`` is for a serve process that has not started any run yet: a run that never
+    claimed a process is then dead if it is old. While serving (``starting=False``) such runs
+    may still be starting, so only claimed-and-gone runs count, and runs that Prefect already
+    marked crashed (a flow-run process that lost the API while the server restarted) are
+    re-run if their round can still settle.
+    """
     from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.client.schemas.filters import (  # noqa: PLC0415
         FlowRunFilter,
         FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType  # noqa: PLC0415
 
     report = RecoveryReport()
-    unfinished = FlowRunFilter(
+    now_ms = engine.slot_clock.clock.now_ms()
+    # Older runs are past their rounds' deadlines: nothing left to re-run or record.
+    since = dt.datetime.fromtimestamp(
+        (now_ms - (plan.live_rounds + 2) * plan.round_ms) / 1000, tz=dt.UTC
+    )
+    wanted = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CRASHED]
+    recent = FlowRunFilter(
         deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(
-                any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
-            )
-        ),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=wanted)),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
     )
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=unfinished, limit=200)
-        for run in runs:
+        for run in client.read_flow_runs(flow_run_filter=recent, limit=200):
             state = run.state
+            number = _round_of(plan, run)
             if state is None:
                 continue
-            number = _round_of(plan, run)
             if number is None:
                 _cancel_stray(client, run, report)
             elif state.type == StateType.SCHEDULED:
                 _missed_while_down(client, engine, run, number, report)
-            elif _is_dead(run, state.timestamp, now_ms=engine.slot_clock.clock.now_ms()):
-                _crash_and_rerun(client, plan, engine, deployment_id, run, number, report)
+            elif state.type == StateType.CRASHED:
+                _rerun(client, plan, engine, deployment_id, run, number, report)
+            elif _is_dead(run, state.timestamp, now_ms=now_ms, starting=starting):
+                _crash(client, run, number, report)
+                _rerun(client, plan, engine, deployment_id, run, number, report)
     return report
 
 
@@ -162,26 +178,18 @@ def _cancel_stray(client: Any, run: Any, report: RecoveryReport) -> None:
         report.stray += 1
 
 
-def _is_dead(run: Any, since: dt.datetime | None, *, now_ms: int) -> bool:
+def _is_dead(run: Any, since: dt.datetime | None, *, now_ms: int, starting: bool) -> bool:
     alive = claimed_process_alive(run.infrastructure_pid)
     if alive is not None:
         return not alive
-    if run.infrastructure_pid:  # claimed on another host
+    if run.infrastructure_pid or not starting:  # claimed on another host, or still starting
         return False
     if since is None:
         return True
     return now_ms - since.timestamp() * 1000 > UNCLAIMED_AFTER_S * 1000
 
 
-def _crash_and_rerun(
-    client: Any,
-    plan: DeploymentPlan,
-    engine: LiveEngine,
-    deployment_id: UUID,
-    run: Any,
-    number: int,
-    report: RecoveryReport,
-) -> None:
+def _crash(client: Any, run: Any, number: int, report: RecoveryReport) -> None:
     from prefect.states import Crashed  # noqa: PLC0415
 
     client.set_flow_run_state(
@@ -190,9 +198,22 @@ def _crash_and_rerun(
         force=True,
     )
     report.crashed.append(number)
+
+
+def _rerun(
+    client: Any,
+    plan: DeploymentPlan,
+    engine: LiveEngine,
+    deployment_id: UUID,
+    run: Any,
+    number: int,
+    report: RecoveryReport,
+) -> None:
+    """A new run of the round, unless it settled or is past its deadline (a later round
+    records it missed); one per crashed run, whoever asks (the idempotency key)."""
     if engine.is_settled(number) or engine.slot_clock.get_slot() >= engine.settle_deadline(number):
-        return  # settled, or a later round records it as missed
-    client.create_flow_run_from_deployment(
+        return
+    rerun = client.create_flow_run_from_deployment(
         deployment_id,
         parameters={"round_number": number},
         name=f"{plan.task_id}-round-{number}",
@@ -200,6 +221,7 @@ def _crash_and_rerun(
         idempotency_key=f"rerun-{run.id}",
     )
     report.rerun.append(number)
+    report.rerun_ids.append(rerun.id)
 
 
 def _missed_while_down(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,11 +91,44 @@ def schedule_now(deployment_id: UUID) -> None:
         client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id})
 
 
-def recover_and_report(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> list[str]:
+def recover_and_report(
+    plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID, *, starting: bool = True
+) -> list[str]:
     """Run recovery, send its events, and say what it did."""
-    report: RecoveryReport = recover(plan, engine, deployment_id)
+    report: RecoveryReport = recover(plan, engine, deployment_id, starting=starting)
     emit(report.events)
     return report.lines()
+
+
+class Watch(threading.Thread):
+    """While serving, recovery once a round: re-runs rounds whose flow-run process died (a
+    server restart cuts a starting process off the API) while their round can still settle."""
+
+    def __init__(
+        self,
+        plan: DeploymentPlan,
+        engine: LiveEngine,
+        deployment_id: UUID,
+        say: Callable[[list[str]], None],
+    ) -> None:
+        super().__init__(name="koiitasks-recovery", daemon=True)
+        self.plan, self.engine, self.deployment_id, self.say = plan, engine, deployment_id, say
+        self.stopped = threading.Event()
+        self._announced: set[UUID] = set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(max(5.0, self.plan.round_ms / 1000)):
+            try:
+                report = recover(self.plan, self.engine, self.deployment_id, starting=False)
+            except Exception as e:  # noqa: BLE001 - the server may be restarting: next round
+                self.say([f"recovery skipped this round: {type(e).__name__}: {e}"])
+                continue
+            emit(report.events)
+            new = [i for i in report.rerun_ids if i not in self._announced]
+            self._announced.update(new)
+            if new or report.missed or report.crashed:
+                report.rerun = report.rerun if new else []
+                self.say(report.lines())
 
 
 def serve(
@@ -103,6 +137,7 @@ def serve(
     engine: LiveEngine,
     *,
     on_ready: Callable[[UUID, list[str]], None] = lambda _id, _lines: None,
+    say: Callable[[list[str]], None] = lambda _lines: None,
 ) -> None:
     """Serve the deployment in this process until SIGTERM or Ctrl-C, as Prefect's ``serve``
     does, with recovery between registering the deployment and polling for its runs.
@@ -124,8 +159,13 @@ def serve(
     schedule_now(deployment_id)
     lines = recover_and_report(plan, engine, deployment_id)
     on_ready(deployment_id, lines)
-    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
-        asyncio.run(runner.start())
+    watch = Watch(plan, engine, deployment_id, say)
+    watch.start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+            asyncio.run(runner.start())
+    finally:
+        watch.stopped.set()
 
 
 def prefect_yaml(plan: DeploymentPlan, *, work_pool: str) -> str:

@@ -144,6 +144,10 @@ def deploy(
             ready(deployment_id, lines)
             out.print("serving; stop with Ctrl-C or SIGTERM", markup=False, highlight=False)
 
-        serving.serve(plan, runner, engine, on_ready=serving_ready)
+        def say(lines: list[str]) -> None:
+            for line in lines:
+                err.print(line, markup=False, highlight=False)
+
+        serving.serve(plan, runner, engine, on_ready=serving_ready, say=say)
     finally:
         engine.pool.close()

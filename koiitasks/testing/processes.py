@@ -1,26 +1,23 @@
-"""Real service processes for tests and benchmarks: a Prefect server and a PostgreSQL server.
+"""Real service processes for tests and benchmarks: a Prefect server, and stopping process trees.
 
-Each helper starts its process in a session of its own on 127.0.0.1, waits until it answers,
-and stops the whole session (SIGTERM, then SIGKILL) when the ``with`` block ends, even when the
-block raises. Logs go to a file the helper names, so a failed test can show them::
+:class:`PrefectServer` starts ``prefect server start`` in a session of its own on 127.0.0.1,
+waits until it answers, and stops the whole session (SIGTERM, then SIGKILL) when the ``with``
+block ends, even when the block raises. Its log goes to a file, so a failed test can show it::
 
-    with PostgresServer() as pg, PrefectServer(home, database_url=pg.url) as server:
+    with PrefectServer(home) as server:
         env = {**os.environ, "PREFECT_API_URL": server.api_url}
 
-PostgreSQL refuses to run as root, so as root the data folder is given to the ``postgres`` user
-and every PostgreSQL command runs through ``runuser -u postgres``.
+(A server on PostgreSQL: ``infra/stack.sh start --postgres``, which the deploy specs use.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -193,82 +190,3 @@ def wait_healthy(
         f"prefect server at {api_url} was not healthy after {timeout_s:.0f}s",
         hint=f"see its log: {log}",
     )
-
-
-def postgres_bin() -> Path:
-    """The folder of the newest PostgreSQL binaries on this machine."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if found:
-        return found[-1].parent
-    on_path = shutil.which("initdb")
-    if on_path:
-        return Path(on_path).parent
-    raise ConfigError(
-        "no PostgreSQL binaries (initdb, pg_ctl) on this machine",
-        hint="install PostgreSQL 14.9 or later (apt-get install postgresql)",
-    )
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 with a ``prefect`` database."""
-
-    def __init__(self, *, port: int | None = None, database: str = "prefect") -> None:
-        self.port = port or free_port()
-        self.database = database
-        self.bin = postgres_bin()
-        # Not under pytest's tmp_path: as root those folders are closed to the postgres user.
-        self.root = Path(tempfile.mkdtemp(prefix="koiitasks-pg-"))
-        self.data = self.root / "data"
-        self.log_path = self.root / "postgres.log"
-        self._started = False
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{self.database}"
-
-    def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        proc = subprocess.run(  # noqa: S603 - fixed binaries, our own arguments
-            [*prefix, *command], capture_output=True, text=True, timeout=120, check=False
-        )
-        if proc.returncode != 0:
-            raise ConfigError(
-                f"{Path(command[0]).name} failed with code {proc.returncode}: "
-                f"{(proc.stderr or proc.stdout).strip()[-500:]}",
-                hint=f"PostgreSQL log: {self.log_path}",
-            )
-
-    def start(self) -> PostgresServer:
-        if os.geteuid() == 0:
-            shutil.chown(self.root, user="postgres", group="postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
-            "-l", str(self.log_path), "-w", "start",
-        )  # fmt: skip
-        self._started = True
-        self._run(
-            str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-            "-U", "postgres", self.database,
-        )  # fmt: skip
-        return self
-
-    def stop(self) -> None:
-        if self._started:
-            with contextlib.suppress(ConfigError, subprocess.TimeoutExpired):
-                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
-            self._started = False
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
