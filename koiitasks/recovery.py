@@ -18,15 +18,21 @@ Runs claimed on another host are left alone: only that host can tell whether the
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
+
 from koiitasks.deployment import DeploymentPlan
+from koiitasks.errors import OrchestrationError
 from koiitasks.events import EventSpec, missed_event
 from koiitasks.live import LiveEngine
 
@@ -34,6 +40,8 @@ NOT_A_ROUND = (
     "not due at a round's first slot of this deployment (before round 0, or left from an "
     "earlier deploy of the task)"
 )
+
+log = logging.getLogger("koiitasks.recovery")
 
 #: A pending or running run that has not claimed a process this long after its last state
 #: change is taken as dead (a live one claims within a second or two of its process starting).
@@ -69,17 +77,35 @@ def _rounds(numbers: list[int]) -> str:
     return ("round " if len(unique) == 1 else "rounds ") + ", ".join(map(str, unique))
 
 
+@contextlib.contextmanager
+def prefect_api(what: str) -> Iterator[None]:
+    """Turn an httpx or Prefect HTTP error while doing ``what`` into an OrchestrationError."""
+    try:
+        yield
+    except httpx.HTTPError as e:
+        raise OrchestrationError(
+            f"the Prefect API could not {what}: {e}",
+            hint="check that the server PREFECT_API_URL names is up (`infra/stack.sh status`)",
+        ) from e
+
+
 def process_claim() -> str:
     """What a flow run's process writes as its ``infrastructure_pid``: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim_flow_run(flow_run_id: UUID | str) -> None:
-    """Record this process as the one running the flow run (best effort)."""
+def claim_flow_run(flow_run_id: UUID | str) -> bool:
+    """Record this process as the one running the flow run; False if the API was away (the
+    run goes on; only recovery after a crash loses the claim)."""
     from prefect.client.orchestration import get_client  # noqa: PLC0415 - Prefect at the edge
 
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(UUID(str(flow_run_id)), infrastructure_pid=process_claim())
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(str(flow_run_id)), infrastructure_pid=process_claim())
+    except httpx.HTTPError as e:
+        log.warning("flow run %s: could not claim its process: %s", flow_run_id, e)
+        return False
+    return True
 
 
 def claimed_process_alive(claim: str | None) -> bool | None:
@@ -141,7 +167,7 @@ def recover(
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=wanted)),
         expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
     )
-    with get_client(sync_client=True) as client:
+    with prefect_api("recover the deployment's runs"), get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=recent, limit=200):
             state = run.state
             number = _round_of(plan, run)

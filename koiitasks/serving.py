@@ -25,7 +25,7 @@ from uuid import UUID
 from koiitasks.deployment import DeploymentPlan
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
-from koiitasks.recovery import RecoveryReport, recover
+from koiitasks.recovery import RecoveryReport, prefect_api, recover
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -67,7 +67,7 @@ def ensure_work_pool(name: str) -> bool:
     from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
     from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
 
-    with get_client(sync_client=True) as client:
+    with prefect_api(f"find or make work pool {name!r}"), get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
         except ObjectNotFound:
@@ -79,7 +79,8 @@ def ensure_work_pool(name: str) -> bool:
 def apply(deployment: RunnerDeployment, *, work_pool: str | None = None) -> UUID:
     """Create or update the deployment on the server; its id. (Prefect drops the deployment's
     future scheduled runs on every update; :func:`schedule_now` makes them again at once.)"""
-    deployment_id: UUID = deployment.apply(work_pool_name=work_pool)  # type: ignore[assignment]
+    with prefect_api(f"create deployment {deployment.name!r}"):
+        deployment_id: UUID = deployment.apply(work_pool_name=work_pool)  # type: ignore[assignment]
     return deployment_id
 
 
@@ -87,7 +88,7 @@ def schedule_now(deployment_id: UUID) -> None:
     """Have the server make the deployment's next scheduled runs now, not at its next loop."""
     from prefect.client.orchestration import get_client  # noqa: PLC0415
 
-    with get_client(sync_client=True) as client:
+    with prefect_api("schedule the deployment's runs"), get_client(sync_client=True) as client:
         client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id})
 
 
@@ -155,7 +156,8 @@ def serve(
         prefetch_seconds=plan.prefetch_s,
         pause_on_shutdown=True,
     )
-    deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
+    with prefect_api(f"create deployment {deployment.name!r}"):
+        deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
     schedule_now(deployment_id)
     lines = recover_and_report(plan, engine, deployment_id)
     on_ready(deployment_id, lines)
