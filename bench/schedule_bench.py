@@ -3,7 +3,7 @@
 ::
 
     python bench/schedule_bench.py [--rounds 20] [--nodes 10] [--task examples/hash-puzzle]
-                                   [--prefetch 15] [--json]
+                                   [--round-time SLOTS] [--prefetch 15] [--json]
 
 Starts a ``prefect server start`` (SQLite) on 127.0.0.1 in a temporary PREFECT_HOME, deploys the
 task with ``koiitasks deploy --nodes N`` (served in the foreground, as a user runs it), waits
@@ -27,11 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from koiitasks.deployment import plan_deployment
 from koiitasks.protocol import AcceptedSubmission, decode
@@ -52,7 +55,20 @@ def first_answer_slot(store: str, task_id: str, round_number: int) -> int | None
     return min(slots) if slots else None
 
 
+def task_copy(args: argparse.Namespace, work: Path) -> Path:
+    """The task folder to deploy: ``--task`` itself, or a copy with ``--round-time``."""
+    if args.round_time is None:
+        return Path(args.task)
+    copy = work / "task"
+    shutil.copytree(args.task, copy)
+    config = yaml.safe_load((copy / "config-task.yml").read_text())
+    config["round_time"] = args.round_time
+    (copy / "config-task.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return copy
+
+
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    args.task = str(task_copy(args, work))
     task = load_task(args.task)
     slot_ms = task.config.slot_ms
     store = work / "store"
@@ -145,6 +161,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--task", default=str(ROOT / "examples" / "hash-puzzle"))
     parser.add_argument("--prefetch", type=float, default=15.0)
+    parser.add_argument("--round-time", type=int, help="deploy a copy with this round_time")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="koiitasks-schedule-bench-") as tmp:

@@ -33,7 +33,7 @@ from koiitasks.task import LoadedTask, load_task
 
 #: How far ahead of ``koiitasks deploy`` round 0 starts: time for the server to schedule it
 #: and for the serve process to start its flow run.
-DEFAULT_LEAD_MS = 10_000
+DEFAULT_LEAD_MS = 20_000
 
 #: Genesis falls on a whole second as well as a slot boundary if that costs at most this much.
 ALIGN_WITHIN_MS = 10_000

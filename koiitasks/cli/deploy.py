@@ -10,6 +10,7 @@ from uuid import UUID
 import typer
 
 from koiitasks.cli._common import StoreOption, err, out, setup_logging, store_url
+from koiitasks.deployment import DEFAULT_LEAD_MS, DEFAULT_PREFETCH_S
 from koiitasks.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def deploy(
     start_in: Annotated[
         float,
         typer.Option(help="On a first deploy: seconds from now to round 0's first slot.", min=1),
-    ] = 10.0,
+    ] = DEFAULT_LEAD_MS / 1000,
     prefetch: Annotated[
         float,
         typer.Option(
@@ -50,7 +51,7 @@ def deploy(
             "to start, more on a busy machine).",
             min=1,
         ),
-    ] = 15.0,
+    ] = DEFAULT_PREFETCH_S,
     prefect_yaml: Annotated[
         Path | None,
         typer.Option(
