@@ -102,17 +102,17 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 timeout_s=args.rounds * 60,
                 what=f"{args.rounds} scheduled rounds to start",
             )
+            last = started()[args.rounds - 1]
+
+            def last_answered() -> bool:
+                """The last round has an answer stored, or its run ended (missed) without."""
+                if first_answer_slot(str(store), task.task_id, _round(last)) is not None:
+                    return True
+                state = next(r for r in started() if r.id == last.id).state
+                return state is not None and state.is_final()
+
+            deployed.wait_for(last_answered, timeout_s=120, what="the last round's answers")
             runs = started()[: args.rounds]
-            # Let the last rounds' first answers land before reading them.
-            deployed.wait_for(
-                lambda: (
-                    first_answer_slot(str(store), task.task_id, _round(runs[-1])) is not None
-                    or runs[-1].state is None
-                    or not runs[-1].state.is_running()
-                ),
-                timeout_s=60,
-                what="the last round's answers",
-            )
         load_after = os.getloadavg()
         plan = plan_deployment(args.task, str(store))
     rows = []
