@@ -20,7 +20,8 @@ the module that called the third party, with ``raise ... from e``::
     ├── RecordError                 a stored or received record is not valid
     │   ├── MalformedRecord         not canonical JSON of the expected schema
     │   └── SignatureError          the signature does not verify for the signer
-    └── LedgerError                 the ledger breaks an invariant (chain, conservation)
+    ├── LedgerError                 the ledger breaks an invariant (chain, conservation)
+    └── OrchestrationError          the Prefect API refused a request or could not be reached
 
 The CLI maps this tree to exit codes: usage and input errors exit 2, a failed verification 1.
 """
@@ -118,3 +119,7 @@ class LedgerError(KoiiTasksError):
     """The ledger breaks an invariant: hash chain, sequence, conservation."""
 
     exit_code = 1
+
+
+class OrchestrationError(KoiiTasksError):
+    """The Prefect API refused a request or could not be reached (deployments, runs, events)."""

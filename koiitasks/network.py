@@ -84,10 +84,13 @@ def open_sandbox_network(
     seed: int | None,
     adversaries: dict[str, int] | None,
     stake: int | None = None,
+    genesis_ms: int = 0,
 ) -> Network:
     """The sandbox network in ``store``: reused when it exists, made when it does not.
 
     ``None`` for a parameter means "whatever the store has" (or the default on a new store).
+    ``genesis_ms`` is the slot clock's origin of a new network: 0 for simulated time, a real
+    instant for simulated nodes on the wall clock (a deployed sandbox).
     """
     layout = Layout(loaded.task_id)
     raw = store.read_or_none(layout.task)
@@ -148,7 +151,7 @@ def open_sandbox_network(
                 task_name=loaded.config.task_name,
                 config=_config_doc(loaded),
                 orchestrator=orchestrator.public_id,
-                genesis_ms=0,
+                genesis_ms=genesis_ms,
                 starting_slot=0,
                 network=spec,
             ),
