@@ -73,7 +73,7 @@ class LiveEngine(RoundEngine):
 
     def missed_record(self, round_number: int) -> RoundMissed | None:
         stored = self._load(self.layout.missed(round_number), RoundMissed)
-        return None if stored is None else stored.body  # type: ignore[return-value]
+        return None if stored is None else stored.body
 
     def is_missed(self, round_number: int) -> bool:
         """Whether the round's ledger entry is the empty entry of a missed round."""
