@@ -28,7 +28,7 @@ from koiitasks.distribution import (
 from koiitasks.errors import RecordError, RoundError
 from koiitasks.identity import Keypair
 from koiitasks.ingest import Accepted, IngestRules, ingest
-from koiitasks.ledger import LedgerState, append_entry, read_ledger
+from koiitasks.ledger import LedgerState, append_entry, build_entry, read_ledger
 from koiitasks.model import Outcome, Phase
 from koiitasks.network import Network
 from koiitasks.nodes.base import NodePool, Reply
@@ -88,22 +88,26 @@ class RoundEngine:
         config: TaskConfig,
         store: Store,
         network: Network,
-        orchestrator: Keypair,
+        orchestrator: Keypair | str,
         pool: NodePool,
         slot_clock: SlotClock,
         shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
-        if orchestrator.public_id != network.record.signer:
+        # A public id alone makes a read-only engine (replay): it recomputes from the store and
+        # refuses, with a RoundError, anything that would need the orchestrator to sign.
+        key = orchestrator if isinstance(orchestrator, Keypair) else None
+        self.orchestrator_id = key.public_id if key else str(orchestrator)
+        if self.orchestrator_id != network.record.signer:
             raise RecordError(
-                f"orchestrator key {orchestrator.public_id} is not the one that created task "
+                f"orchestrator key {self.orchestrator_id} is not the one that created task "
                 f"{network.task.task_id!r} ({network.record.signer})"
             )
+        self._orchestrator_key = key
         self.config = config
         self.store = store
         self.network = network
         self.task_id = network.task.task_id
         self.layout = Layout(self.task_id)
-        self.orchestrator = orchestrator
         self.pool = pool
         self.slot_clock = slot_clock
         self.shard_size = shard_size
@@ -114,7 +118,7 @@ class RoundEngine:
             audit_window=config.audit_window,
         )
         self.ledger: LedgerState = read_ledger(
-            store, self.task_id, orchestrator=orchestrator.public_id
+            store, self.task_id, orchestrator=self.orchestrator_id
         )
         self._tallies: dict[int, Tally] = {}
         self._accepted: dict[int, dict[str, Signed[AcceptedSubmission]]] = {}
@@ -123,6 +127,18 @@ class RoundEngine:
         self._eligible: dict[int, list[str]] = {}
         self._assignments: dict[int, dict[str, list[str]]] = {}
         self._reports: dict[int, dict[str, Signed[AuditReport]]] = {}
+
+    @property
+    def orchestrator(self) -> Keypair:
+        """The orchestrator's key pair; a read-only engine (public id only) has none."""
+        if self._orchestrator_key is None:
+            raise RoundError(
+                f"the engine of task {self.task_id!r} holds only the orchestrator's public key "
+                f"{self.orchestrator_id} and cannot sign: a record it needs is not in the store",
+                hint="a read-only engine (replay) only recomputes settled rounds; "
+                "run the round with the orchestrator's key",
+            )
+        return self._orchestrator_key
 
     # --- records ---------------------------------------------------------------------------
 
@@ -171,9 +187,7 @@ class RoundEngine:
 
     def refresh(self) -> None:
         """Re-read the ledger from the store."""
-        self.ledger = read_ledger(
-            self.store, self.task_id, orchestrator=self.orchestrator.public_id
-        )
+        self.ledger = read_ledger(self.store, self.task_id, orchestrator=self.orchestrator_id)
         self._tallies.clear()
         self._accepted.clear()
         self._answered_nodes.clear()
@@ -336,7 +350,7 @@ class RoundEngine:
             if node in cache:
                 continue
             record = decode(self.store.read(key), AcceptedSubmission, where=key)
-            if record.signer != self.orchestrator.public_id or record.body.node_id != node:
+            if record.signer != self.orchestrator_id or record.body.node_id != node:
                 raise RecordError(f"{key} is not the orchestrator's record of {node}")
             cache[node] = record
         self._accepted_listed.add(round_number)
@@ -605,21 +619,34 @@ class RoundEngine:
     def settle(self, round_number: int, outcome: DistributionOutcome) -> Signed[LedgerEntry]:
         """Wait for the end of the distribution audit; append the round's ledger entry."""
         self.slot_clock.wait_for_slot(self.schedule.settle_slot(round_number))
-        tally = self.tally(round_number)
-        # Never slash more than is left, even if an earlier round settled late.
-        left = self.ledger.stakes(self._registered())
-        slashes = {n: min(a, max(0, left.get(n, 0))) for n, a in tally.slashes.items()}
+        existing = self.ledger.entry(round_number)
+        if existing is not None:
+            return existing
         return append_entry(
             self.store,
             self.ledger,
             self.orchestrator,
-            task_id=self.task_id,
-            round_number=round_number,
-            bounty=self.bounty(round_number),
-            distribution=outcome.accepted,
-            attempts=outcome.attempts,
-            slashes={n: a for n, a in slashes.items() if a > 0},
+            **self._entry_fields(round_number, outcome),
         )
+
+    def entry_body(self, round_number: int, outcome: DistributionOutcome) -> LedgerEntry:
+        """The round's ledger entry as its records say it must be, unsigned (what settle signs
+        and appends; what a replay compares with the stored entry)."""
+        return build_entry(self.ledger, **self._entry_fields(round_number, outcome))
+
+    def _entry_fields(self, round_number: int, outcome: DistributionOutcome) -> dict[str, Any]:
+        tally = self.tally(round_number)
+        # Never slash more than is left, even if an earlier round settled late.
+        left = self.ledger.stakes(self._registered())
+        slashes = {n: min(a, max(0, left.get(n, 0))) for n, a in tally.slashes.items()}
+        return {
+            "task_id": self.task_id,
+            "round_number": round_number,
+            "bounty": self.bounty(round_number),
+            "distribution": outcome.accepted,
+            "attempts": outcome.attempts,
+            "slashes": {n: a for n, a in slashes.items() if a > 0},
+        }
 
     def result(
         self,
