@@ -33,7 +33,8 @@ def main() -> None:
     """Entry point: run the app and turn errors into messages and exit codes."""
     debug = os.environ.get("KOII_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns the code of a `typer.Exit` instead of raising it.
+        code = app(standalone_mode=False)
     except KoiiTasksError as e:
         if debug:
             raise
@@ -65,3 +66,5 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(70)
+    if isinstance(code, int) and code:
+        sys.exit(code)
