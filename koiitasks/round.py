@@ -187,7 +187,12 @@ class RoundEngine:
 
     def refresh(self) -> None:
         """Re-read the ledger from the store."""
-        self.ledger = read_ledger(self.store, self.task_id, orchestrator=self.orchestrator_id)
+        self.use_ledger(read_ledger(self.store, self.task_id, orchestrator=self.orchestrator_id))
+
+    def use_ledger(self, state: LedgerState) -> None:
+        """Derive stakes, bounties and slashes from ``state`` from now on, forgetting what was
+        read or computed before (a replay looks at round N as the ledger stood before N)."""
+        self.ledger = state
         self._tallies.clear()
         self._accepted.clear()
         self._answered_nodes.clear()

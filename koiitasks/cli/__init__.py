@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import ledger, run
+from koiitasks.cli import ledger, rounds, run
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.command()(run.run)
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(rounds.app, name="rounds")
 
 
 def main() -> None:

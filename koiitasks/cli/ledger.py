@@ -78,24 +78,46 @@ def ledger_verify(
         str | None,
         typer.Option(help="Expected orchestrator public key; default: the one task.json names."),
     ] = None,
+    ledger_only: Annotated[
+        bool,
+        typer.Option(
+            "--ledger-only",
+            help="Check the ledger alone, not every settled round's records (quicker on huge "
+            "stores; a changed submission or vote then goes unnoticed).",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Check every signature, the hash chain and conservation, offline.
+    """Check every signature, the hash chain and conservation, then replay every settled round
+    from its signed records, offline.
 
-    Exits 0 when everything holds, 1 naming the first bad record otherwise.
+    Exits 0 when everything holds, 1 naming the first bad record or round otherwise.
     """
     from koiitasks.ledger import verify_ledger  # noqa: PLC0415
+    from koiitasks.replay import verify_task  # noqa: PLC0415
     from koiitasks.storage import open_store  # noqa: PLC0415
 
     url = store_url(store)
     task_id = resolve_task(url, task)
-    report = verify_ledger(open_store(url), task_id, orchestrator=orchestrator)
+    the_store = open_store(url)
+    if ledger_only:
+        report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
+        checked = report.records_checked
+    else:
+        verified = verify_task(the_store, task_id, orchestrator=orchestrator)
+        report, replayed, checked = (
+            verified.ledger,
+            verified.rounds_replayed,
+            verified.records_checked,
+        )
     if json_out:
-        print(json.dumps({"ok": True, **report.__dict__}))
+        doc = {**report.__dict__, "records_checked": checked, "rounds_replayed": replayed}
+        print(json.dumps({"ok": True, **doc}))
         return
+    rounds = f"; {replayed} rounds replayed from their records" if replayed else ""
     out.print(
         f"ok: {report.entries} ledger entries of task {report.task_id} verified "
-        f"({report.records_checked} records; orchestrator {report.orchestrator}); "
+        f"({checked} records{rounds}; orchestrator {report.orchestrator}); "
         f"credited {report.total_credited:,}, slashed {report.total_slashed:,}",
         highlight=False,
         soft_wrap=True,
