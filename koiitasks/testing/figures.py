@@ -45,7 +45,9 @@ class Figure:
 
 FIGURES: dict[str, Figure] = {
     "kill_points": Figure("SIGKILL points survived by a real `koiitasks run` process", 50),
-    "kill_phases": Figure("round phases with a kill point (network, execute ... ledger)", 7),
+    "kill_phases": Figure(
+        "phases with kill points: network, execute, audit, list, list audit, ledger", 6
+    ),
     "records_kept_after_kills": Figure("acknowledged records found unchanged after a kill", 1),
     "interrupted_writes": Figure("kills between a record's write and its rename", 1),
     "adversarial_networks": Figure("random adversarial networks run (hypothesis)", 100),
