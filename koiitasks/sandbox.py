@@ -106,11 +106,17 @@ def build_sandbox(
     workers: int = 4,
     shard_size: int | None = None,
     hook_timeout_s: float | None = None,
+    network: Network | None = None,
 ) -> Sandbox:
-    """A new sandbox (not cached): a fresh engine over ``store``, as a new process would make."""
-    network = open_sandbox_network(
-        store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, stake=stake
-    )
+    """A new sandbox (not cached): a fresh engine over ``store``, as a new process would make.
+
+    ``network`` (with its nodes' and orchestrator's keys) replaces the seeded sandbox network:
+    ``koiitasks.testing.networks`` makes ones whose nodes each have their own stake.
+    """
+    if network is None:
+        network = open_sandbox_network(
+            store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, stake=stake
+        )
     assert network.orchestrator_key is not None
     config = loaded.config
     clock = SimulatedClock()
