@@ -17,6 +17,7 @@ settled round after checking the chain, so a changed submission or vote is never
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,7 @@ class TaskVerification:
     ledger: VerifyReport
     rounds_replayed: int
     round_records_checked: int
+    head_hash: str | None
 
     @property
     def records_checked(self) -> int:
@@ -236,12 +238,20 @@ class Replayer:
         )
 
 
-def verify_task(store: Store, task_id: str, *, orchestrator: str | None = None) -> TaskVerification:
+def verify_task(
+    store: Store, task_id: str, *, orchestrator: str | None = None, head: str | None = None
+) -> TaskVerification:
     """``ledger verify``: the chain and conservation, then every settled round replayed from its
-    records; raise :class:`LedgerError` naming the first round whose records disagree."""
+    records; raise :class:`LedgerError` naming the first round whose records disagree.
+
+    ``head`` is the hash (or its first 12 or more hex digits) of an entry seen earlier: the
+    chain shows any entry removed before the newest, but only such an anchor shows that the
+    newest entries were cut off.
+    """
     report = verify_ledger(store, task_id, orchestrator=orchestrator)
     try:
         replayer = Replayer(store, task_id, orchestrator=report.orchestrator)
+        _check_anchor(replayer.ledger, task_id, head)
         replayed = records = 0
         for result in replayer.replay_all():
             if not result.matches:
@@ -255,7 +265,31 @@ def verify_task(store: Store, task_id: str, *, orchestrator: str | None = None) 
             records += result.records_checked - 1  # the entry itself is counted by the chain
     except RecordError as e:
         raise LedgerError(e.message, hint=e.hint) from e
-    return TaskVerification(ledger=report, rounds_replayed=replayed, round_records_checked=records)
+    newest = replayer.ledger.head
+    return TaskVerification(
+        ledger=report,
+        rounds_replayed=replayed,
+        round_records_checked=records,
+        head_hash=newest.hash if newest else None,
+    )
+
+
+def _check_anchor(state: LedgerState, task_id: str, head: str | None) -> None:
+    if head is None:
+        return
+    if not re.fullmatch(r"[0-9a-f]{12,64}", head):
+        raise LedgerError(
+            f"--head {head!r} is not an entry hash",
+            hint="give the 12 or more lowercase hex digits `ledger verify` printed as the head",
+        )
+    if not any(entry.hash.startswith(head) for entry in state.entries):
+        last = state.head
+        raise LedgerError(
+            f"the ledger of task {task_id!r} has no entry {head}: entries up to it were removed "
+            f"or the ledger was rewritten (its newest entry is now "
+            f"{f'#{last.body.sequence} {last.hash}' if last else 'none'})",
+            hint="a rerun of the missing rounds writes the same entries again",
+        )
 
 
 # --- comparing entries --------------------------------------------------------------------------

@@ -78,6 +78,13 @@ def ledger_verify(
         str | None,
         typer.Option(help="Expected orchestrator public key; default: the one task.json names."),
     ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="Hash (12+ hex digits) of the head entry an earlier verify printed: fail if the "
+            "ledger no longer reaches it (newest entries cut off).",
+        ),
+    ] = None,
     ledger_only: Annotated[
         bool,
         typer.Option(
@@ -100,25 +107,28 @@ def ledger_verify(
     url = store_url(store)
     task_id = resolve_task(url, task)
     the_store = open_store(url)
-    if ledger_only:
+    if ledger_only and head is None:
         report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
-        checked = report.records_checked
+        checked, head_hash = report.records_checked, None
     else:
-        verified = verify_task(the_store, task_id, orchestrator=orchestrator)
-        report, replayed, checked = (
-            verified.ledger,
-            verified.rounds_replayed,
-            verified.records_checked,
-        )
+        verified = verify_task(the_store, task_id, orchestrator=orchestrator, head=head)
+        report, replayed = verified.ledger, verified.rounds_replayed
+        checked, head_hash = verified.records_checked, verified.head_hash
     if json_out:
-        doc = {**report.__dict__, "records_checked": checked, "rounds_replayed": replayed}
+        doc = {
+            **report.__dict__,
+            "records_checked": checked,
+            "rounds_replayed": replayed,
+            "head": head_hash,
+        }
         print(json.dumps({"ok": True, **doc}))
         return
     rounds = f"; {replayed} rounds replayed from their records" if replayed else ""
+    anchor = f"; head {head_hash}" if head_hash else ""
     out.print(
         f"ok: {report.entries} ledger entries of task {report.task_id} verified "
         f"({checked} records{rounds}; orchestrator {report.orchestrator}); "
-        f"credited {report.total_credited:,}, slashed {report.total_slashed:,}",
+        f"credited {report.total_credited:,}, slashed {report.total_slashed:,}{anchor}",
         highlight=False,
         soft_wrap=True,
     )
