@@ -226,8 +226,19 @@ def _check_conservation(store: Store, network: Network, state: LedgerState) -> i
             slashed += amount
         if slashed != body.total_slashed:
             raise LedgerError(f"ledger record {key}: total_slashed does not add up")
+        if body.distribution_accepted != (body.distribution_hash is not None):
+            raise LedgerError(
+                f"ledger record {key}: says a distribution list was "
+                f"{'accepted' if body.distribution_accepted else 'not accepted'} but "
+                f"{'names none' if body.distribution_hash is None else 'names one'}"
+            )
         if body.distribution_hash is not None:
             checked += _check_distribution(store, layout, entry)
+        elif body.credits:
+            raise LedgerError(
+                f"ledger record {key}: credits {len(body.credits)} nodes without an accepted "
+                "distribution list"
+            )
     return checked
 
 
