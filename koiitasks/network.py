@@ -20,6 +20,9 @@ from koiitasks.protocol import NodeRegistration, SandboxNetwork, Signed, TaskRec
 from koiitasks.storage import Layout, Store
 from koiitasks.task import LoadedTask
 
+#: Simulated nodes a sandbox makes at most: each has a key pair derived when the network opens.
+MAX_SANDBOX_NODES = 100_000
+
 
 @dataclass
 class Network:
@@ -43,7 +46,8 @@ def parse_adversaries(specs: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for spec in specs:
         kind, sep, count = spec.partition("=")
-        if not sep or kind not in ADVERSARIES or not count.isdigit():
+        # isdigit() alone takes "²" (which int() refuses) and "٣" (which it reads as 3).
+        if not sep or kind not in ADVERSARIES or not (count.isascii() and count.isdigit()):
             raise ConfigError(
                 f"--adversary {spec!r} is not KIND=COUNT",
                 hint=f"KIND is one of {', '.join(ADVERSARIES)}; COUNT a whole number",
@@ -108,6 +112,11 @@ def open_sandbox_network(
         nodes = 10 if nodes is None else nodes
         if nodes < 2:
             raise ConfigError("--nodes must be at least 2 (audits need another node)")
+        if nodes > MAX_SANDBOX_NODES:
+            raise ConfigError(
+                f"--nodes {nodes} is more than a sandbox simulates ({MAX_SANDBOX_NODES:,})",
+                hint="bench/round_bench.py measures rounds of up to 10,000 nodes",
+            )
         spec = SandboxNetwork(
             seed=random.SystemRandom().randrange(2**31) if seed is None else seed,
             nodes=nodes,
