@@ -435,3 +435,12 @@ class TestOpenStore:
         assert repr(url) in str(caught.value)
         assert caught.value.hint is not None
         assert "memory://NAME" in caught.value.hint
+
+    @pytest.mark.parametrize(
+        "url", ["store\x00dir", "file://store\x00dir", "memory://a\x00b", "s3://bucket\x00/p"]
+    )
+    def test_a_nul_byte_in_a_store_url_is_a_config_error(self, url: str) -> None:
+        """A NUL byte, which no file system or bucket name holds, is refused when the store is
+        opened, not as a ValueError at its first write."""
+        with pytest.raises(ConfigError, match="NUL byte"):
+            open_store(url)
