@@ -231,6 +231,24 @@ class TestRoundOrder:
         with pytest.raises(RoundError, match="settle in order"):
             box.run_round(1)
 
+    @pytest.mark.parametrize(
+        ("rounds", "round_number"),
+        [
+            pytest.param(None, 10**10, id="round-beyond-ten-digits"),
+            pytest.param(None, -1, id="negative-round"),
+            pytest.param(10**30, None, id="rounds-beyond-any-list"),
+            pytest.param(0, None, id="no-rounds"),
+        ],
+    )
+    def test_a_run_plans_only_rounds_the_store_can_hold(
+        self, rounds: int | None, round_number: int | None
+    ) -> None:
+        """Asking for a round past the ten-digit round keys, or a plan too long to make, is a
+        RoundError saying the limits, never an OverflowError or an endless list."""
+        box = sandbox(HASH_PUZZLE, nodes=4)
+        with pytest.raises(RoundError, match="9,999,999,999"):
+            box.plan(rounds=rounds, round_number=round_number)
+
     def test_a_store_remembers_its_network(self) -> None:
         """Asking for another network on an existing store is an error naming the difference."""
         store = memory_store()

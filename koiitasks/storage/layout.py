@@ -19,11 +19,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from koiitasks.errors import InvalidKey
 from koiitasks.storage.base import check_key
+
+#: The highest round the layout holds: round keys are ten digits, so that they sort by number.
+MAX_ROUND = 10**10 - 1
 
 
 def round_part(round_number: int) -> str:
-    """The zero-padded round segment."""
+    """The zero-padded round segment; a round outside 0..MAX_ROUND is an :class:`InvalidKey`
+    (an eleven-digit key would sort before round 9,999,999,999 and break the ledger's order)."""
+    if not 0 <= round_number <= MAX_ROUND:
+        raise InvalidKey(
+            f"round {round_number} does not fit the store's ten-digit round keys "
+            f"(0 to {MAX_ROUND:,})"
+        )
     return f"{round_number:010d}"
 
 

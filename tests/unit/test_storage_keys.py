@@ -444,3 +444,23 @@ class TestOpenStore:
         opened, not as a ValueError at its first write."""
         with pytest.raises(ConfigError, match="NUL byte"):
             open_store(url)
+
+
+class TestRoundKeys:
+    """Round numbers the ten-digit layout can hold."""
+
+    @pytest.mark.parametrize(
+        "round_number",
+        [pytest.param(-1, id="negative"), pytest.param(10**10, id="eleven-digits")],
+    )
+    def test_a_round_outside_the_layout_is_an_invalid_key(self, round_number: int) -> None:
+        """An eleven-digit round would sort before round 9,999,999,999 and break the ledger's
+        order; it is refused as a key instead."""
+        with pytest.raises(InvalidKey, match="ten-digit round keys"):
+            LAYOUT.ledger_entry(round_number)
+        with pytest.raises(InvalidKey, match="ten-digit round keys"):
+            LAYOUT.round(round_number)
+
+    def test_the_last_round_the_layout_holds(self) -> None:
+        """Round 9,999,999,999 is the last one."""
+        assert LAYOUT.ledger_entry(10**10 - 1).endswith("/ledger/9999999999.json")
