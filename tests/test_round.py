@@ -295,6 +295,23 @@ class TestHooks:
             (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
         )
 
+    def test_execute_result_that_is_not_utf8_counts_as_missing(self, tmp_path: Path) -> None:
+        """A result holding a lone surrogate (a str no UTF-8 encodes) costs its node the round,
+        not every node: it is refused at the node, like NaN."""
+        task_dir = write_task(
+            tmp_path / "surrogate",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                'return {"node": ctx.node_id, "round": ctx.round, '
+                '"x": "\\ud800" if ctx.node_id < "5" else "fine"}',
+            ).replace("submission.result == {", "{**submission.result, 'x': 0} == {'x': 0, "),
+        )
+        (result,) = run_rounds(task_dir, nodes=12)
+        assert result.distribution_accepted
+        assert all(
+            (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
+        )
+
     def test_execute_hook_that_hangs_counts_as_missing(self, tmp_path: Path) -> None:
         """A node whose execute does not finish in time is missing; the round completes."""
         task_dir = write_task(
