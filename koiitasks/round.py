@@ -27,7 +27,14 @@ from koiitasks.distribution import (
 )
 from koiitasks.errors import RecordError, RoundError
 from koiitasks.identity import Keypair
-from koiitasks.ingest import Accepted, IngestRules, ingest
+from koiitasks.ingest import (
+    ENVELOPE_BYTES,
+    LIST_ENTRY_BYTES,
+    VOTE_BYTES,
+    Accepted,
+    IngestRules,
+    ingest,
+)
 from koiitasks.ledger import LedgerState, append_entry, build_entry, read_ledger
 from koiitasks.model import Outcome, Phase
 from koiitasks.network import Network
@@ -395,7 +402,12 @@ class RoundEngine:
         checked: list[Signed[AuditReport]] = []
         for reply in self.pool.audit(request, todo) if todo else []:
             report = self._check_reply(
-                reply, AuditReport, round_number, signer_field="auditor", nonce=request.body.nonce
+                reply,
+                AuditReport,
+                round_number,
+                signer_field="auditor",
+                nonce=request.body.nonce,
+                max_bytes=ENVELOPE_BYTES + VOTE_BYTES * len(todo.get(reply.node_id, ())),
             )
             if report is not None:
                 checked.append(report)
@@ -424,11 +436,20 @@ class RoundEngine:
         round_number: int,
         *,
         signer_field: str,
+        max_bytes: int,
         nonce: str | None = None,
     ) -> Signed[B] | None:
         """Decode a vote-like reply; log and drop it when it is not the asked node's own."""
         if reply.data is None:
             log.info("node %s: no answer (%s)", reply.node_id, reply.error)
+            return None
+        if len(reply.data) > max_bytes:
+            log.warning(
+                "node %s: reply refused: %d bytes, over the %d-byte cap",
+                reply.node_id,
+                len(reply.data),
+                max_bytes,
+            )
             return None
         try:
             record = decode(reply.data, body_type, where=f"from node {reply.node_id}")
@@ -559,7 +580,14 @@ class RoundEngine:
         if stored is not None:
             return stored
         reply = self.pool.build_distribution(request, builder, inputs, attempt)
-        listed = self._check_reply(reply, DistributionList, inputs.round, signer_field="builder")
+        entries = len(inputs.approved) + len(inputs.slashes)
+        listed = self._check_reply(
+            reply,
+            DistributionList,
+            inputs.round,
+            signer_field="builder",
+            max_bytes=ENVELOPE_BYTES + LIST_ENTRY_BYTES * entries,
+        )
         if listed is None:
             return f"no valid list ({reply.error or 'malformed or not its own'})"
         if listed.body.attempt != attempt:
@@ -602,7 +630,13 @@ class RoundEngine:
                 votes[auditor] = stored.body
         todo = [a for a in auditors if a not in votes]
         for reply in self.pool.audit_distribution(request, todo, inputs, listed) if todo else []:
-            vote = self._check_reply(reply, DistributionAudit, round_number, signer_field="auditor")
+            vote = self._check_reply(
+                reply,
+                DistributionAudit,
+                round_number,
+                signer_field="auditor",
+                max_bytes=ENVELOPE_BYTES + VOTE_BYTES,
+            )
             if vote is None or vote.body.distribution_hash != listed.hash:
                 continue
             self._store(self.layout.distribution_audit(round_number, attempt, reply.node_id), vote)
