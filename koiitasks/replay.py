@@ -24,7 +24,7 @@ from typing import Any
 
 from koiitasks.clock import SimulatedClock, SlotClock
 from koiitasks.config import TaskConfig
-from koiitasks.errors import LedgerError, RecordError, RoundError
+from koiitasks.errors import ConfigError, LedgerError, RecordError, RoundError
 from koiitasks.identity import Keypair
 from koiitasks.ledger import LedgerState, VerifyReport, read_ledger, verify_ledger
 from koiitasks.network import load_network
@@ -278,7 +278,7 @@ def _check_anchor(state: LedgerState, task_id: str, head: str | None) -> None:
     if head is None:
         return
     if not re.fullmatch(r"[0-9a-f]{12,64}", head):
-        raise LedgerError(
+        raise ConfigError(
             f"--head {head!r} is not an entry hash",
             hint="give the 12 or more lowercase hex digits `ledger verify` printed as the head",
         )

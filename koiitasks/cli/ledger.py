@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated
 
 import typer
@@ -16,6 +17,7 @@ from koiitasks.cli._common import (
     resolve_task,
     store_url,
 )
+from koiitasks.errors import ConfigError
 
 app = typer.Typer(help="Inspect and verify a task's reward ledger.", no_args_is_help=True)
 
@@ -104,6 +106,11 @@ def ledger_verify(
     from koiitasks.replay import verify_task  # noqa: PLC0415
     from koiitasks.storage import open_store  # noqa: PLC0415
 
+    if orchestrator is not None and not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{32,44}", orchestrator):
+        raise ConfigError(
+            f"--orchestrator {orchestrator!r} is not a public key",
+            hint="give the orchestrator's id: 32 to 44 base58 characters, as task.json names it",
+        )
     url = store_url(store)
     task_id = resolve_task(url, task)
     the_store = open_store(url)

@@ -317,3 +317,23 @@ class TestCommandLine:
         assert cut.exit_code == 1
         assert f"has no entry {head[:12]}" in cut.stderr
         figures.record("tamper_cases")
+
+    @pytest.mark.parametrize(
+        ("option", "value"),
+        [
+            pytest.param("--orchestrator", "not a key", id="orchestrator-not-base58"),
+            pytest.param("--orchestrator", "1" * 80, id="orchestrator-too-long"),
+            pytest.param("--head", "xyz", id="head-not-hex"),
+            pytest.param("--head", "abc123", id="head-too-short"),
+        ],
+    )
+    def test_a_malformed_expectation_is_an_input_error_not_a_failed_check(
+        self, settled: Sandbox, tmp_path: Path, option: str, value: str
+    ) -> None:
+        """A --orchestrator or --head that cannot be a key or a hash exits 2 saying so; exit
+        1 stays for a store that fails the check."""
+        folder = tmp_path / "store"
+        FileStore(folder).create_many(list(snapshot(settled.store).items()))
+        result = invoke("ledger", "verify", "--store", str(folder), option, value)
+        assert result.exit_code == 2, result.stderr
+        assert f"{option} {value!r} is not a" in result.stderr
