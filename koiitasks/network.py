@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
+from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError, RecordNotFound
 from koiitasks.identity import Keypair
 from koiitasks.nodes.sim import ADVERSARIES, HONEST
 from koiitasks.protocol import NodeRegistration, SandboxNetwork, Signed, TaskRecord, decode, sign
@@ -162,7 +162,7 @@ def load_network(store: Store, task_id: str, *, orchestrator: str | None = None)
     layout = Layout(task_id)
     raw = store.read_or_none(layout.task)
     if raw is None:
-        raise RecordError(
+        raise RecordNotFound(
             f"no task {task_id!r} in {store.url}",
             hint="run `koiitasks run TASK_DIR --store ...` first, or check --store and --task",
         )

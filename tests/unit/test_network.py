@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from koiitasks.errors import ConfigError
-from koiitasks.network import MAX_SANDBOX_NODES, open_sandbox_network, parse_adversaries
+from koiitasks.errors import ConfigError, RecordNotFound
+from koiitasks.network import (
+    MAX_SANDBOX_NODES,
+    load_network,
+    open_sandbox_network,
+    parse_adversaries,
+)
 from koiitasks.task import load_task
 from koiitasks.testing import memory_store
 from tests.conftest import HASH_PUZZLE
@@ -55,3 +60,15 @@ class TestSandboxNetworkSize:
     def test_the_limit_is_a_hundred_thousand(self) -> None:
         """The documented limit."""
         assert MAX_SANDBOX_NODES == 100_000
+
+
+class TestLoadNetwork:
+    """Reading a task's network back from a store."""
+
+    def test_a_task_the_store_does_not_hold_is_record_not_found(self) -> None:
+        """Asking for a task that is not in the store is an input error (exit 2) naming the
+        task and the store, not a failed check of a record."""
+        store = memory_store()
+        with pytest.raises(RecordNotFound, match="no task 'nope' in memory://") as caught:
+            load_network(store, "nope")
+        assert caught.value.exit_code == 2
