@@ -204,6 +204,23 @@ class TestLayout:
         with pytest.raises(InvalidKey):
             make_key()
 
+    @pytest.mark.parametrize(
+        "make_key",
+        [
+            pytest.param(lambda: Layout("a/rounds").task, id="task-id"),
+            pytest.param(lambda: LAYOUT.node("a/b"), id="node-id"),
+            pytest.param(lambda: LAYOUT.submission(7, "a/b"), id="submitter"),
+            pytest.param(lambda: LAYOUT.refusal(7, "a/b"), id="refused-node"),
+            pytest.param(lambda: LAYOUT.audit(7, "a/b"), id="auditor"),
+            pytest.param(lambda: LAYOUT.distribution_audit(7, 0, "a/b"), id="list-auditor"),
+        ],
+    )
+    def test_an_id_is_one_segment_of_its_key(self, make_key: Callable[[], str]) -> None:
+        """An id holding a slash would put its record in another record's folder (task "a/rounds"
+        inside task "a"); it is an InvalidKey, though it never leaves the store."""
+        with pytest.raises(InvalidKey, match="one key segment"):
+            make_key()
+
 
 @pytest.fixture(params=["file", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
