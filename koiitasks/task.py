@@ -173,10 +173,10 @@ def load_task(directory: Path | str) -> LoadedTask:
     """Read ``config-task.yml`` and import ``task.py`` from a task directory (cached per path)."""
     try:
         directory = Path(directory).resolve()
-    except (OSError, RuntimeError) as e:  # RuntimeError: a loop of symbolic links
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop; a NUL byte
         raise TaskLoadError(
-            f"task directory {directory} cannot be resolved: {e}",
-            hint="the path is a loop of symbolic links, or cannot be read",
+            f"task directory {str(directory)!r} cannot be resolved: {e}",
+            hint="the path is a loop of symbolic links, holds a NUL byte, or cannot be read",
         ) from e
     with _load_lock:
         if directory in _loaded:
