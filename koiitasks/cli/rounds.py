@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from koiitasks.cli._common import JsonOption, StoreOption, TaskOption, out, resolve_task, store_url
+from koiitasks.cli._common import (
+    JsonOption,
+    StoreOption,
+    TaskOption,
+    is_folder,
+    out,
+    resolve_task,
+    store_url,
+)
 
 app = typer.Typer(help="Look into a task's rounds.", no_args_is_help=True)
 
@@ -40,7 +47,7 @@ def rounds_replay(
 
     url = store_url(store)
     task_id = resolve_task(url, task)
-    loaded = load_task(task) if task is not None and Path(task).is_dir() else None
+    loaded = load_task(task) if task is not None and is_folder(task) else None
     replayer = Replayer(open_store(url), task_id, task=loaded)
     rounds = None if round_number is None else [round_number]
     mismatched = 0

@@ -8,6 +8,9 @@ import pytest
 import typer
 
 from koiitasks import cli
+from koiitasks.cli._common import resolve_task
+from koiitasks.errors import InvalidKey
+from koiitasks.storage import Layout
 
 
 @pytest.fixture
@@ -47,3 +50,18 @@ class TestMain:
         monkeypatch.setattr(sys, "argv", ["koiitasks", "ok"])
         cli.main()
         assert capsys.readouterr().out == "fine\n"
+
+
+class TestResolveTask:
+    """What `--task` names: a task folder, or a task id in the store."""
+
+    @pytest.mark.parametrize(
+        "task",
+        [pytest.param("x" * 600, id="longer-than-a-file-name"), pytest.param("a\x00b", id="nul")],
+    )
+    def test_a_task_that_cannot_be_a_path_is_an_invalid_id(self, task: str) -> None:
+        """A --task no file system takes as a path is read as an id (then refused as a key),
+        never an OSError from asking whether it is a folder."""
+        assert resolve_task("memory://unit-resolve-task", task) == task
+        with pytest.raises(InvalidKey):
+            Layout(task).ledger_entry(0)
