@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy
+	for example in examples/*/; do $(BIN)/mypy "$$example" || exit 1; done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -190,8 +190,10 @@ def measure(nodes: int, *, naive: bool) -> dict[str, Any]:
     sandbox = open_sandbox(TASK_DIR, store=flow_store, nodes=nodes, seed=SEED)
     with CryptoCounter() as crypto:
         start = time.perf_counter()
-        result = sandbox_round(
-            task_dir=str(TASK_DIR), round_number=0, store=flow_store, nodes=nodes, seed=SEED
+        result = json.loads(
+            sandbox_round(
+                task_dir=str(TASK_DIR), round_number=0, store=flow_store, nodes=nodes, seed=SEED
+            )
         )
         wall_s = time.perf_counter() - start
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -21,6 +21,7 @@ from koiitasks.reports import artifact_key, payouts_table, round_markdown
 from koiitasks.round import DistributionOutcome, RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.sandbox import open_sandbox
+from koiitasks.settings import load_settings
 from koiitasks.task import load_task
 
 # Shard tasks run side by side, one per core: simulated nodes are CPU-bound and more threads
@@ -65,26 +66,40 @@ def publish(result: RoundResult) -> None:
     )
 
 
-def run_round_steps(engine: RoundEngine, round_number: int) -> RoundResult:
-    """The round's steps as Prefect tasks; called inside a flow."""
+def run_round_steps(
+    engine: RoundEngine, round_number: int, *, in_this_thread: bool = False
+) -> RoundResult:
+    """The round's steps as Prefect tasks; called inside a flow.
+
+    ``in_this_thread`` runs the shard tasks one after another in the flow's own thread (the
+    main thread for a flow called from the CLI) instead of on the task runner's threads, so a
+    breakpoint in a hook stops there: ``koiitasks run --workers 1``.
+    """
     if engine.is_settled(round_number):
         result = engine.result(round_number, already_settled=True)
         publish(result)
         return result
     engine.open_round(round_number)
-    wait(
-        [
-            execute_shard.submit(engine, round_number, shard)
-            for shard in engine.shards(engine.eligible(round_number))
-        ]
-    )
+    shards = engine.shards(engine.eligible(round_number))
+    if in_this_thread:
+        for shard in shards:
+            execute_shard(engine, round_number, shard)
+    else:
+        wait([execute_shard.submit(engine, round_number, shard) for shard in shards])
     assignments = engine.plan_audits(round_number)
-    wait(
-        [
-            audit_shard.submit(engine, round_number, assignments, shard)
-            for shard in engine.shards(sorted(assignments))
-        ]
-    )
+    shards = engine.shards(sorted(assignments))
+    if in_this_thread:
+        for shard in shards:
+            audit_shard(engine, round_number, assignments, shard)
+    else:
+        # Each task run gets its own slice: Prefect walks every parameter looking for futures,
+        # and the whole map at 10,000 nodes, once per shard, was seconds of a round (measured).
+        wait(
+            [
+                audit_shard.submit(engine, round_number, {a: assignments[a] for a in s}, s)
+                for s in shards
+            ]
+        )
     outcome = distribute(engine, round_number)
     result = settle(engine, round_number, outcome)
     publish(result)
@@ -110,10 +125,23 @@ def sandbox_round(
     seed: int | None = None,
     adversaries: dict[str, int] | None = None,
     workers: int = 4,
-) -> dict[str, Any]:
-    """Run one round of a task on simulated nodes and time (the local sandbox)."""
+    s3_endpoint_url: str | None = None,
+) -> str:
+    """Run one round of a task on simulated nodes and time (the local sandbox).
+
+    ``workers=1`` runs every hook in the flow's own thread (see :func:`run_round_steps`).
+    Returns the round's result as JSON text (a :class:`RoundResult`): Prefect walks a returned
+    dict looking for futures, which at 10,000 nodes cost seconds; a string it leaves alone.
+    """
     sandbox = open_sandbox(
-        task_dir, store=store, nodes=nodes, seed=seed, adversaries=adversaries, workers=workers
+        task_dir,
+        store=store,
+        nodes=nodes,
+        seed=seed,
+        adversaries=adversaries,
+        workers=workers,
+        s3_endpoint_url=s3_endpoint_url or load_settings().s3_endpoint_url,
     )
     sandbox.begin(round_number)
-    return run_round_steps(sandbox.engine, round_number).model_dump(mode="json")
+    result = run_round_steps(sandbox.engine, round_number, in_this_thread=workers == 1)
+    return result.model_dump_json()

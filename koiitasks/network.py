@@ -139,8 +139,12 @@ def open_sandbox_network(
         for node_id in by_id
     }
     if raw is None:
-        for node_id, reg in registrations.items():
-            store.create(layout.node(node_id), sign(reg, by_id[node_id]).encode())
+        store.create_many(
+            [
+                (layout.node(node_id), sign(reg, by_id[node_id]).encode())
+                for node_id, reg in registrations.items()
+            ]
+        )
         record = sign(
             TaskRecord(
                 task_id=loaded.task_id,

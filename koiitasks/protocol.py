@@ -125,14 +125,31 @@ class Signed(FrozenModel, Generic[B]):
     __hash__ = None  # type: ignore[assignment]  # bodies hold dicts: records are not hashable
 
 
+_signed_types: dict[type[Body], Any] = {}
+
+
+def signed_type(body_type: type[Body]) -> Any:
+    """``Signed[body_type]``, made once per body class (pydantic's own lookup costs ~10 us).
+
+    Records are parametrised by their body's own class, or pydantic would serialise the body as
+    a bare :class:`Body`.
+    """
+    model = _signed_types.get(body_type)
+    if model is None:
+        model = _signed_types[body_type] = Signed[body_type]  # type: ignore[valid-type]
+    return model
+
+
 def sign(body: B, keypair: Keypair) -> Signed[B]:
     """``body`` signed by ``keypair``."""
     body_bytes = canonical(body.model_dump(mode="json"))
-    # Parametrise by the body's own class, or pydantic would serialise it as a bare Body.
-    model: Any = Signed[type(body)]  # type: ignore[misc]
+    model = signed_type(type(body))
+    # Built, not validated: the body is a validated model and the key and signature are ours.
     signed = cast(
         "Signed[B]",
-        model(body=body, signer=keypair.public_id, signature=keypair.sign(_DOMAIN + body_bytes)),
+        model.model_construct(
+            body=body, signer=keypair.public_id, signature=keypair.sign(_DOMAIN + body_bytes)
+        ),
     )
     signed._raw = b"".join(
         (_ENVELOPE_HEAD, body_bytes, _SIGNATURE_KEY, signed.signature.encode(), b'","signer":"',
@@ -146,8 +163,7 @@ def decode(
 ) -> Signed[B]:
     """Parse and check a signed record; ``where`` names it in errors (a key or a node)."""
     try:
-        model: Any = Signed[body_type]  # type: ignore[valid-type]
-        record = cast("Signed[B]", model.model_validate_json(raw))
+        record = cast("Signed[B]", signed_type(body_type).model_validate_json(raw))
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "record"

@@ -79,10 +79,11 @@ def open_sandbox(
     adversaries: dict[str, int] | None = None,
     workers: int = 4,
     shard_size: int | None = None,
+    s3_endpoint_url: str | None = None,
 ) -> Sandbox:
     """The sandbox for a task directory and store, made once per process."""
     loaded = load_task(task_dir)
-    the_store = open_store(store)
+    the_store = open_store(store, s3_endpoint_url=s3_endpoint_url)
     key = (
         loaded.directory,
         the_store.url,

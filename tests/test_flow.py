@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class TestRoundFlow:
         options: dict[str, Any] = {"store": str(store), "nodes": 9, "seed": 21}
         options["adversaries"] = {"lazy": 1, "offline": 1}
         for n in range(2):
-            result = RoundResult.model_validate(
+            result = RoundResult.model_validate_json(
                 sandbox_round(task_dir=str(HASH_PUZZLE), round_number=n, **options)
             )
             assert result.round == n
@@ -94,9 +95,9 @@ class TestRoundFlow:
     def test_rerunning_a_settled_round_in_a_flow_changes_nothing(self, tmp_path: Path) -> None:
         """A flow run of a settled round reports it settled and writes nothing."""
         options: dict[str, Any] = {"store": str(tmp_path / "again"), "nodes": 4, "seed": 7}
-        first = sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options)
+        first = json.loads(sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options))
         files = sorted(p for p in (tmp_path / "again").rglob("*") if p.is_file())
-        second = sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options)
+        second = json.loads(sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options))
         assert second["already_settled"]
         assert not first["already_settled"]
         assert sorted(p for p in (tmp_path / "again").rglob("*") if p.is_file()) == files

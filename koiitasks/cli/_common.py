@@ -13,6 +13,7 @@ from rich.console import Console
 
 from koiitasks.errors import ConfigError
 from koiitasks.settings import load_settings
+from koiitasks.storage import Store, open_store
 
 err = Console(stderr=True)
 out = Console()
@@ -31,6 +32,11 @@ TaskOption = Annotated[
     str | None,
     typer.Option("--task", help="Task id or task folder (default: the store's only task)."),
 ]
+
+
+def open_store_at(url: str) -> Store:
+    """The store a URL names, reaching S3 through $KOII_S3_ENDPOINT_URL when it is set."""
+    return open_store(url, s3_endpoint_url=load_settings().s3_endpoint_url)
 
 
 def store_url(store: str | None) -> str:
@@ -68,15 +74,13 @@ def is_folder(text: str) -> bool:
 
 
 def resolve_task(url: str, task: str | None) -> str:
-    from koiitasks.storage import open_store  # noqa: PLC0415
-
     if task is not None:
         if is_folder(task):
             from koiitasks.task import load_task  # noqa: PLC0415
 
             return load_task(task).task_id
         return task
-    ids = open_store(url).children("tasks/")
+    ids = open_store_at(url).children("tasks/")
     if len(ids) == 1:
         return ids[0]
     if not ids:

@@ -13,6 +13,7 @@ from koiitasks.cli._common import (
     JsonOption,
     StoreOption,
     TaskOption,
+    open_store_at,
     out,
     resolve_task,
     store_url,
@@ -34,11 +35,10 @@ def ledger_show(
     from koiitasks.config import TaskConfig  # noqa: PLC0415
     from koiitasks.ledger import read_ledger  # noqa: PLC0415
     from koiitasks.network import load_network  # noqa: PLC0415
-    from koiitasks.storage import open_store  # noqa: PLC0415
 
     url = store_url(store)
     task_id = resolve_task(url, task)
-    the_store = open_store(url)
+    the_store = open_store_at(url)
     network = load_network(the_store, task_id)
     state = read_ledger(the_store, task_id, orchestrator=network.record.signer)
     config = TaskConfig.model_validate(network.task.config)
@@ -104,7 +104,6 @@ def ledger_verify(
     """
     from koiitasks.ledger import verify_ledger  # noqa: PLC0415
     from koiitasks.replay import verify_task  # noqa: PLC0415
-    from koiitasks.storage import open_store  # noqa: PLC0415
 
     if orchestrator is not None and not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{32,44}", orchestrator):
         raise ConfigError(
@@ -113,7 +112,7 @@ def ledger_verify(
         )
     url = store_url(store)
     task_id = resolve_task(url, task)
-    the_store = open_store(url)
+    the_store = open_store_at(url)
     if ledger_only and head is None:
         report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
         checked, head_hash = report.records_checked, None

@@ -12,6 +12,7 @@ from koiitasks.cli._common import (
     StoreOption,
     TaskOption,
     is_folder,
+    open_store_at,
     out,
     resolve_task,
     store_url,
@@ -42,13 +43,12 @@ def rounds_replay(
         koiitasks rounds replay --store s3://bucket/prefix --task examples/hash-puzzle --json
     """
     from koiitasks.replay import Replayer  # noqa: PLC0415 - keep --help fast
-    from koiitasks.storage import open_store  # noqa: PLC0415
     from koiitasks.task import load_task  # noqa: PLC0415
 
     url = store_url(store)
     task_id = resolve_task(url, task)
     loaded = load_task(task) if task is not None and is_folder(task) else None
-    replayer = Replayer(open_store(url), task_id, task=loaded)
+    replayer = Replayer(open_store_at(url), task_id, task=loaded)
     rounds = None if round_number is None else [round_number]
     mismatched = 0
     for result in replayer.replay_all(rounds):

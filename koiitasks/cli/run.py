@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from koiitasks.cli._common import JsonOption, StoreOption, err, out, setup_logging, store_url
+from koiitasks.settings import load_settings
 
 
 def run(
@@ -37,8 +38,23 @@ def run(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Threads running hooks; 1 runs them in the main thread.", min=1)
+        int,
+        typer.Option(
+            help="Threads running hooks; 1 runs every hook in the main thread, one after "
+            "another, so a breakpoint() in a hook stops there.",
+            min=1,
+        ),
     ] = 4,
+    trace: Annotated[
+        str | None,
+        typer.Option(
+            "--trace",
+            metavar="NODE",
+            help="After each round, print every record of one node: its request, answer or "
+            "refusal, the votes on it, its own votes, distribution lists and ledger line. NODE "
+            "is the start of a node id or a behaviour (its first node), e.g. lazy.",
+        ),
+    ] = None,
     plain: Annotated[
         bool, typer.Option("--plain", help="Run the rounds without Prefect (no UI, faster start).")
     ] = False,
@@ -53,10 +69,13 @@ def run(
         koiitasks run examples/hash-puzzle --nodes 50 --rounds 3
         koiitasks run examples/hash-puzzle --nodes 20 --adversary lazy=2 --adversary offline=1
         koiitasks run examples/hash-puzzle --rounds 5 --json | jq .nodes
+        koiitasks run examples/hash-puzzle --adversary lazy=1 --trace lazy
+        koiitasks run examples/hash-puzzle --workers 1    # then breakpoint() in a hook stops
     """
     setup_logging(verbose)
     from koiitasks.network import parse_adversaries  # noqa: PLC0415 - keep --help fast
     from koiitasks.sandbox import open_sandbox  # noqa: PLC0415
+    from koiitasks.trace import resolve_node, trace_node  # noqa: PLC0415
 
     if rounds is not None and round_number is not None:
         raise typer.BadParameter("give --rounds or --round, not both")
@@ -68,15 +87,18 @@ def run(
         "seed": seed,
         "adversaries": adversaries,
         "workers": workers,
+        "s3_endpoint_url": load_settings().s3_endpoint_url,
     }
     sandbox = open_sandbox(task_dir, **options)
+    traced = resolve_node(sandbox.network.behaviours(), trace) if trace is not None else None
     plan = sandbox.plan(
         rounds=rounds if rounds or round_number is not None else 1, round_number=round_number
     )
     runner = (
         _plain_runner(sandbox) if plain else _flow_runner(str(sandbox.loaded.directory), options)
     )
-    show_progress = not json_out and err.is_terminal
+    # A live progress bar would draw over a debugger stopped in a hook (--workers 1).
+    show_progress = not json_out and err.is_terminal and workers > 1
     from rich.progress import Progress  # noqa: PLC0415
 
     with Progress(console=err, transient=True, disable=not show_progress) as progress:
@@ -89,6 +111,14 @@ def run(
                 print(result.model_dump_json(), flush=True)
             else:
                 out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
+            if traced is not None:
+                path = trace_node(sandbox.store, sandbox.loaded.task_id, number, traced)
+                if json_out:  # one line per record, "kind": "trace", after the round's line
+                    print("\n".join(path.json_lines()), flush=True)
+                else:
+                    out.print(
+                        "\n".join(path.lines()), markup=False, highlight=False, soft_wrap=True
+                    )
     if not json_out:
         ledger = sandbox.engine.ledger
         out.print(
@@ -109,12 +139,22 @@ def _flow_runner(task_dir: str, options: dict[str, Any]) -> Any:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import sandbox_round  # noqa: PLC0415
+    from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
 
     def run_one(number: int) -> RoundResult:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            data = sandbox_round(task_dir=task_dir, round_number=number, **options)
-        return RoundResult.model_validate(data)
+        try:
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                data = sandbox_round(task_dir=task_dir, round_number=number, **options)
+        except RuntimeError as e:  # a slow first start is the author's machine, not a bug
+            if "ephemeral Prefect API server" not in str(e):
+                raise
+            raise ConfigError(
+                "Prefect's temporary API server did not start in time",
+                hint="run with --plain, point PREFECT_API_URL at a running server (`prefect "
+                "server start`), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+            ) from e
+        return RoundResult.model_validate_json(data)
 
     return run_one

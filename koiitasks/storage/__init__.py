@@ -43,7 +43,7 @@ def open_store(url: str | None = None, *, s3_endpoint_url: str | None = None) ->
             return _memory_stores.setdefault(rest, MemoryStore(rest))
     if scheme in {"s3", "moto"}:
         try:
-            from koiitasks.storage.s3 import (  # type: ignore[import-not-found]  # noqa: PLC0415
+            from koiitasks.storage.s3 import (  # noqa: PLC0415 - boto3 is heavy
                 open_s3_store,
             )
         except ImportError as e:  # pragma: no cover - boto3 is a dependency

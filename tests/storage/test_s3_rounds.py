@@ -1,0 +1,114 @@
+"""Specifications of rounds on S3: the same bytes as on files, and the CLI against a moto server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from koiitasks.storage import FileStore, Store
+from koiitasks.storage.s3 import S3Store
+from koiitasks.testing import run_rounds, sandbox
+from koiitasks.testing.s3 import TEST_AWS_ENV, mock_s3_store, s3_store, unique_bucket_name
+from tests.conftest import HASH_PUZZLE
+
+__all__ = ["s3_store"]  # the fixture, imported as a task author would
+
+
+def snapshot(store: Store) -> dict[str, bytes]:
+    return {key: store.read(key) for key in store.list()}
+
+
+def koiitasks(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "koiitasks", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+class TestRoundsOnS3:
+    """Rounds, registry and ledger behave the same on S3 as on files."""
+
+    def test_seeded_rounds_write_the_same_bytes_on_s3_and_on_files(self, tmp_path: Path) -> None:
+        """Two seeded rounds with adversaries write byte-identical records on both backends."""
+        adversaries = {"lazy": 1, "forger": 1, "offline": 1}
+        on_files = sandbox(
+            HASH_PUZZLE, nodes=8, seed=12, adversaries=adversaries, store=FileStore(tmp_path)
+        )
+        with mock_s3_store(unique_bucket_name()) as s3:
+            on_s3 = sandbox(HASH_PUZZLE, nodes=8, seed=12, adversaries=adversaries, store=s3)
+            for n in range(2):
+                assert on_s3.run_round(n) == on_files.run_round(n)
+            assert snapshot(s3) == snapshot(on_files.store)
+
+    def test_a_batch_of_records_on_s3_is_create_only(self) -> None:
+        """create_many on S3 creates new keys, skips identical ones and refuses changes."""
+        with mock_s3_store(unique_bucket_name()) as s3:
+            items = [(f"t/{i:03d}.json", f"r{i}".encode()) for i in range(40)]
+            assert s3.create_many(items) == [True] * 40
+            assert s3.create_many(items[:3]) == [False] * 3
+            assert s3.children("t/")[:2] == ["000.json", "001.json"]
+
+
+class TestS3Fixture:
+    """What task authors get from koiitasks.testing.s3."""
+
+    def test_the_fixture_runs_rounds_on_moto(self, s3_store: S3Store) -> None:
+        """run_rounds on the s3_store fixture settles rounds into the mock bucket."""
+        results = run_rounds(HASH_PUZZLE, nodes=4, rounds=2, store=s3_store)
+        assert all(r.distribution_accepted for r in results)
+        assert s3_store.exists("tasks/hash-puzzle/ledger/0000000001.json")
+
+
+class TestCliOnMotoServer:
+    """The README's S3 path: storage init, run, show and verify against a moto server."""
+
+    @pytest.fixture
+    def env(self, cli_env: dict[str, str], moto_endpoint: str) -> dict[str, str]:
+        clean = {k: v for k, v in cli_env.items() if not k.startswith("AWS_")}
+        return {**clean, **TEST_AWS_ENV, "KOII_S3_ENDPOINT_URL": moto_endpoint}
+
+    def test_init_run_show_and_verify(self, env: dict[str, str], tmp_path: Path) -> None:
+        """storage init, then rounds with --store s3://..., then ledger show and verify, all from
+        separate processes against one moto server."""
+        url = f"s3://{unique_bucket_name('koii-dev')}/tasks-a"
+        init = koiitasks("storage", "init", url, "--json", env=env, cwd=tmp_path)
+        assert init.returncode == 0, init.stderr
+        report = json.loads(init.stdout)
+        assert report["bucket_created"] is True
+        assert report["versioning"] == "Enabled"
+        again = koiitasks("storage", "init", url, env=env, cwd=tmp_path)
+        assert again.returncode == 0
+        assert "found" in again.stdout
+
+        run = koiitasks(
+            "run", str(HASH_PUZZLE), "--store", url, "--nodes", "6", "--rounds", "2",
+            "--adversary", "lazy=1", "--seed", "3", "--plain", "--json", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        rounds = [json.loads(line) for line in run.stdout.splitlines()]
+        assert [r["round"] for r in rounds] == [0, 1]
+        assert all(r["distribution_accepted"] for r in rounds)
+
+        shown = koiitasks("ledger", "show", "--store", url, "--json", env=env, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["total_credited"] == 2_000_000_000
+        verified = koiitasks("ledger", "verify", "--store", url, env=env, cwd=tmp_path)
+        assert verified.returncode == 0, verified.stderr
+        assert verified.stdout.startswith("ok: 2 ledger entries")
+
+    def test_a_missing_bucket_is_a_clear_error(self, env: dict[str, str], tmp_path: Path) -> None:
+        """Running against a bucket that was never made says so and how to make it."""
+        url = f"s3://{unique_bucket_name('missing')}"
+        proc = koiitasks("run", str(HASH_PUZZLE), "--store", url, "--plain", env=env, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert "koiitasks storage init" in proc.stderr
+        assert "Traceback" not in proc.stderr
