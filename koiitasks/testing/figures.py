@@ -57,6 +57,12 @@ FIGURES: dict[str, Figure] = {
     "hostile_inputs": Figure("hostile inputs refused with a clear reason", 100),
     "tamper_cases": Figure("tampered ledgers and round records, all detected", 1000),
     "security_checks": Figure("security checks (signatures, stakes, keys, caps, logs)", 10),
+    "s3_calls": Figure("S3 calls through the fault-injecting endpoint", 100),
+    "s3_faults": Figure("S3 faults injected (503 SlowDown, 500, timeouts, resets)", 10),
+}
+#: Figures that are shares of two others: (part, whole, least share asked for, label).
+SHARES = {
+    "s3_fault_share": ("s3_faults", "s3_calls", 0.10, "share of those S3 calls that failed"),
 }
 
 
@@ -90,16 +96,24 @@ def table(totals: Mapping[str, int]) -> str:
     for name, figure in FIGURES.items():
         asked = f"at least {figure.minimum:,}" if figure.minimum else "-"
         lines.append(f"| {figure.label} | {totals.get(name, 0):,} | {asked} |")
+    for part, whole, least, label in SHARES.values():
+        share = totals.get(part, 0) / max(1, totals.get(whole, 0))
+        lines.append(f"| {label} | {share:.1%} | at least {least:.0%} |")
     return "\n".join(lines)
 
 
 def shortfalls(totals: Mapping[str, int]) -> list[str]:
     """Every figure below its minimum, said in words."""
-    return [
+    problems = [
         f"{figure.label}: {totals.get(name, 0):,}, below the {figure.minimum:,} asked for"
         for name, figure in FIGURES.items()
         if totals.get(name, 0) < figure.minimum
     ]
+    for part, whole, least, label in SHARES.values():
+        share = totals.get(part, 0) / max(1, totals.get(whole, 0))
+        if share < least:
+            problems.append(f"{label}: {share:.1%}, below the {least:.0%} asked for")
+    return problems
 
 
 def _block(text: str, doc: Path) -> tuple[int, int]:
