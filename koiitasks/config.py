@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import stat
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -158,35 +160,87 @@ def parse_config(data: Any, *, source: str = CONFIG_FILE) -> TaskConfig:
                 hint=f"did you mean {close[0]!r}?" if close else "remove it; see docs/config.md",
             )
     try:
-        return TaskConfig.model_validate({**fields, "metadata": _jsonable(metadata)})
+        metadata = _jsonable(metadata, [MAX_METADATA_VALUES])
+    except ValueError as e:
+        raise ConfigError(f"{source}: Koii's metadata fields hold {e}") from e
+    try:
+        return TaskConfig.model_validate({**fields, "metadata": metadata})
     except ValidationError as e:
         raise ConfigError(_describe(e, source), hint=_hint_for(e)) from e
+
+
+#: A config-task.yml is a few hundred bytes; anything this big is a mistake or an attack.
+MAX_CONFIG_BYTES = 256 * 1024
+#: Values and nesting the metadata may hold once YAML's aliases are expanded.
+MAX_METADATA_VALUES = 10_000
+MAX_METADATA_DEPTH = 32
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice: a reader sees the first value, YAML would
+    silently keep the last."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, Hashable):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"field {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
 
 
 def load_config(path: Path) -> TaskConfig:
     """Read and validate a ``config-task.yml``."""
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            raise ConfigError(f"{path}: cannot read: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: is {info.st_size:,} bytes, over the {MAX_CONFIG_BYTES:,}-byte limit "
+                "for a config-task.yml"
+            )
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
         raise ConfigError(
             f"{path}: no such file", hint=f"a task directory needs a {CONFIG_FILE}"
         ) from e
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read: {e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from e
     return parse_config(data, source=str(path))
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, budget: list[int], depth: int = 0) -> Any:
+    """``value`` as JSON values, within a budget: YAML aliases can make a few lines expand into
+    billions of values, or into a value that contains itself."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_METADATA_DEPTH:
+        raise ValueError(
+            f"more than {MAX_METADATA_VALUES:,} values or {MAX_METADATA_DEPTH} levels once "
+            "YAML aliases are expanded"
+        )
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, budget, depth + 1) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)

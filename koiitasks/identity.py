@@ -24,6 +24,8 @@ from nacl.signing import SigningKey, VerifyKey
 from koiitasks.errors import KeyFileError, SignatureError
 
 _KEY_FILE_KIND = "koiitasks-ed25519-key"
+#: A key file is about 150 bytes; a bigger one is not a key file.
+MAX_KEY_FILE_BYTES = 4096
 
 
 def encode_b58(data: bytes) -> str:
@@ -116,8 +118,10 @@ def save_key(keypair: Keypair, path: Path) -> None:
             f"key file {path} already exists",
             hint="choose another --out path; key files are never overwritten",
         ) from e
-    except OSError as e:
-        raise KeyFileError(f"cannot create key file {path}: {e.strerror}") from e
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise KeyFileError(
+            f"cannot create key file {path!r}: {getattr(e, 'strerror', None) or e}"
+        ) from e
     with os.fdopen(fd, "wb") as f:
         f.write(body)
 
@@ -125,19 +129,27 @@ def save_key(keypair: Keypair, path: Path) -> None:
 def load_key(path: Path) -> Keypair:
     """Read a key file written by :func:`save_key`, refusing one others can read."""
     try:
-        mode = path.stat().st_mode
-        raw = path.read_bytes()
+        info = path.stat()
     except FileNotFoundError as e:
         raise KeyFileError(
             f"key file {path} does not exist", hint="create one with `koiitasks node keygen`"
         ) from e
-    except OSError as e:
-        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise KeyFileError(f"cannot read key file {path!r}: {getattr(e, 'strerror', e)}") from e
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):  # a FIFO would block the read forever, a device never end
+        raise KeyFileError(f"key file {path} is not a regular file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"key file {path} is readable by group or others (mode {stat.S_IMODE(mode):o})",
             hint=f"run `chmod 600 {path}`",
         )
+    if info.st_size > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"key file {path} is malformed: {info.st_size:,} bytes, not a key")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
     try:
         doc = json.loads(raw)
         keypair = Keypair(SigningKey(decode_b58(doc["secret"])))

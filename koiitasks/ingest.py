@@ -5,6 +5,10 @@ canonical JSON of a submission, signed by the registered key of the node that wa
 this task, round and request nonce (so an old answer cannot be replayed), and stamped with a
 slot inside the window that is not ahead of the orchestrator's own clock. Anything else is
 refused with a reason that is stored, so a node's operator can see why it was not paid.
+
+Votes and distribution lists are capped too (:data:`VOTE_BYTES` a vote, :data:`LIST_ENTRY_BYTES`
+a node in a list, plus the envelope): a node cannot make the orchestrator parse or store more
+than its share.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from koiitasks.protocol import RoundRequest, Signed, Submission, canonical, deco
 
 #: Room for the envelope around a result: ids, slots, nonce, signature.
 ENVELOPE_BYTES = 2048
+#: Room for one vote in an audit report or a list audit: ids, hash, verdict, a short reason.
+VOTE_BYTES = 1024
+#: Room for one node's credit or slash in a distribution list.
+LIST_ENTRY_BYTES = 128
 
 
 @dataclass(frozen=True)

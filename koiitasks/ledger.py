@@ -101,6 +101,43 @@ def _check_link(
         )
 
 
+def build_entry(
+    state: LedgerState,
+    *,
+    task_id: str,
+    round_number: int,
+    bounty: int,
+    distribution: Signed[DistributionList] | None,
+    attempts: int,
+    slashes: Mapping[str, int],
+) -> LedgerEntry:
+    """The round's next ledger entry body, unsigned: what :func:`append_entry` signs and what a
+    replay compares with the stored entry."""
+    head = state.head
+    if head is not None and head.body.round >= round_number:
+        raise LedgerError(
+            f"round {round_number} cannot be settled after round {head.body.round}: "
+            "the ledger settles rounds in order"
+        )
+    credits = dict(sorted((distribution.body.credits if distribution else {}).items()))
+    round_credited = sum(credits.values())
+    return LedgerEntry(
+        task_id=task_id,
+        round=round_number,
+        sequence=len(state.entries),
+        prev_hash=head.hash if head else ZERO_DIGEST,
+        bounty=bounty,
+        distribution_accepted=distribution is not None,
+        distribution_hash=distribution.hash if distribution else None,
+        attempts=attempts,
+        credits=credits,
+        slashes=dict(sorted(slashes.items())),
+        round_credited=round_credited,
+        total_credited=state.total_credited + round_credited,
+        total_slashed=state.total_slashed + sum(slashes.values()),
+    )
+
+
 def append_entry(
     store: Store,
     state: LedgerState,
@@ -114,37 +151,20 @@ def append_entry(
     slashes: Mapping[str, int],
 ) -> Signed[LedgerEntry]:
     """Append round's entry, or return it if it is already there (exactly once per round)."""
-    layout = Layout(task_id)
     existing = state.entry(round_number)
     if existing is not None:
         return existing
-    head = state.head
-    if head is not None and head.body.round > round_number:
-        raise LedgerError(
-            f"round {round_number} cannot be settled after round {head.body.round}: "
-            "the ledger settles rounds in order"
-        )
-    credits = dict(sorted((distribution.body.credits if distribution else {}).items()))
-    round_credited = sum(credits.values())
-    entry = sign(
-        LedgerEntry(
-            task_id=task_id,
-            round=round_number,
-            sequence=len(state.entries),
-            prev_hash=head.hash if head else ZERO_DIGEST,
-            bounty=bounty,
-            distribution_accepted=distribution is not None,
-            distribution_hash=distribution.hash if distribution else None,
-            attempts=attempts,
-            credits=credits,
-            slashes=dict(sorted(slashes.items())),
-            round_credited=round_credited,
-            total_credited=state.total_credited + round_credited,
-            total_slashed=state.total_slashed + sum(slashes.values()),
-        ),
-        orchestrator,
+    body = build_entry(
+        state,
+        task_id=task_id,
+        round_number=round_number,
+        bounty=bounty,
+        distribution=distribution,
+        attempts=attempts,
+        slashes=slashes,
     )
-    store.create(layout.ledger_entry(round_number), entry.encode())
+    entry = sign(body, orchestrator)
+    store.create(Layout(task_id).ledger_entry(round_number), entry.encode())
     state.entries.append(entry)
     return entry
 
@@ -206,8 +226,19 @@ def _check_conservation(store: Store, network: Network, state: LedgerState) -> i
             slashed += amount
         if slashed != body.total_slashed:
             raise LedgerError(f"ledger record {key}: total_slashed does not add up")
+        if body.distribution_accepted != (body.distribution_hash is not None):
+            raise LedgerError(
+                f"ledger record {key}: says a distribution list was "
+                f"{'accepted' if body.distribution_accepted else 'not accepted'} but "
+                f"{'names none' if body.distribution_hash is None else 'names one'}"
+            )
         if body.distribution_hash is not None:
             checked += _check_distribution(store, layout, entry)
+        elif body.credits:
+            raise LedgerError(
+                f"ledger record {key}: credits {len(body.credits)} nodes without an accepted "
+                "distribution list"
+            )
     return checked
 
 

@@ -19,12 +19,21 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from koiitasks.errors import ConfigError, NetworkMismatchError, RecordConflict, RecordError
+from koiitasks.errors import (
+    ConfigError,
+    NetworkMismatchError,
+    RecordConflict,
+    RecordError,
+    RecordNotFound,
+)
 from koiitasks.identity import Keypair
 from koiitasks.nodes.sim import ADVERSARIES, HONEST
 from koiitasks.protocol import NodeRegistration, SandboxNetwork, Signed, TaskRecord, decode, sign
 from koiitasks.storage import Layout, Store
 from koiitasks.task import LoadedTask
+
+#: Simulated nodes a sandbox makes at most: each has a key pair derived when the network opens.
+MAX_SANDBOX_NODES = 100_000
 
 
 @dataclass
@@ -49,7 +58,8 @@ def parse_adversaries(specs: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for spec in specs:
         kind, sep, count = spec.partition("=")
-        if not sep or kind not in ADVERSARIES or not count.isdigit():
+        # isdigit() alone takes "²" (which int() refuses) and "٣" (which it reads as 3).
+        if not sep or kind not in ADVERSARIES or not (count.isascii() and count.isdigit()):
             raise ConfigError(
                 f"--adversary {spec!r} is not KIND=COUNT",
                 hint=f"KIND is one of {', '.join(ADVERSARIES)}; COUNT a whole number",
@@ -117,6 +127,11 @@ def open_sandbox_network(
         nodes = 10 if nodes is None else nodes
         if nodes < 2:
             raise ConfigError("--nodes must be at least 2 (audits need another node)")
+        if nodes > MAX_SANDBOX_NODES:
+            raise ConfigError(
+                f"--nodes {nodes} is more than a sandbox simulates ({MAX_SANDBOX_NODES:,})",
+                hint="bench/round_bench.py measures rounds of up to 10,000 nodes",
+            )
         spec = SandboxNetwork(
             seed=random.SystemRandom().randrange(2**31) if seed is None else seed,
             nodes=nodes,
@@ -166,7 +181,7 @@ def load_network(store: Store, task_id: str, *, orchestrator: str | None = None)
     layout = Layout(task_id)
     raw = store.read_or_none(layout.task)
     if raw is None:
-        raise RecordError(
+        raise RecordNotFound(
             f"no task {task_id!r} in {store.url}",
             hint="run `koiitasks run TASK_DIR --store ...` first, or check --store and --task",
         )

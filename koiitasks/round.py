@@ -27,8 +27,15 @@ from koiitasks.distribution import (
 )
 from koiitasks.errors import RecordError, RoundError, RoundMissed
 from koiitasks.identity import Keypair
-from koiitasks.ingest import Accepted, IngestRules, ingest
-from koiitasks.ledger import LedgerState, append_entry, read_ledger
+from koiitasks.ingest import (
+    ENVELOPE_BYTES,
+    LIST_ENTRY_BYTES,
+    VOTE_BYTES,
+    Accepted,
+    IngestRules,
+    ingest,
+)
+from koiitasks.ledger import LedgerState, append_entry, build_entry, read_ledger
 from koiitasks.model import Outcome, Phase
 from koiitasks.network import Network
 from koiitasks.nodes.base import NodePool, Reply
@@ -88,23 +95,27 @@ class RoundEngine:
         config: TaskConfig,
         store: Store,
         network: Network,
-        orchestrator: Keypair,
+        orchestrator: Keypair | str,
         pool: NodePool,
         slot_clock: SlotClock,
         shard_size: int = DEFAULT_SHARD_SIZE,
         skew_tolerance_slots: int = 1,
     ) -> None:
-        if orchestrator.public_id != network.record.signer:
+        # A public id alone makes a read-only engine (replay): it recomputes from the store and
+        # refuses, with a RoundError, anything that would need the orchestrator to sign.
+        key = orchestrator if isinstance(orchestrator, Keypair) else None
+        self.orchestrator_id = key.public_id if key else str(orchestrator)
+        if self.orchestrator_id != network.record.signer:
             raise RecordError(
-                f"orchestrator key {orchestrator.public_id} is not the one that created task "
+                f"orchestrator key {self.orchestrator_id} is not the one that created task "
                 f"{network.task.task_id!r} ({network.record.signer})"
             )
+        self._orchestrator_key = key
         self.config = config
         self.store = store
         self.network = network
         self.task_id = network.task.task_id
         self.layout = Layout(self.task_id)
-        self.orchestrator = orchestrator
         self.pool = pool
         self.slot_clock = slot_clock
         self.shard_size = shard_size
@@ -117,7 +128,7 @@ class RoundEngine:
             audit_window=config.audit_window,
         )
         self.ledger: LedgerState = read_ledger(
-            store, self.task_id, orchestrator=orchestrator.public_id
+            store, self.task_id, orchestrator=self.orchestrator_id
         )
         self._tallies: dict[int, Tally] = {}
         self._accepted: dict[int, dict[str, Signed[AcceptedSubmission]]] = {}
@@ -126,6 +137,18 @@ class RoundEngine:
         self._eligible: dict[int, list[str]] = {}
         self._assignments: dict[int, dict[str, list[str]]] = {}
         self._reports: dict[int, dict[str, Signed[AuditReport]]] = {}
+
+    @property
+    def orchestrator(self) -> Keypair:
+        """The orchestrator's key pair; a read-only engine (public id only) has none."""
+        if self._orchestrator_key is None:
+            raise RoundError(
+                f"the engine of task {self.task_id!r} holds only the orchestrator's public key "
+                f"{self.orchestrator_id} and cannot sign: a record it needs is not in the store",
+                hint="a read-only engine (replay) only recomputes settled rounds; "
+                "run the round with the orchestrator's key",
+            )
+        return self._orchestrator_key
 
     # --- records ---------------------------------------------------------------------------
 
@@ -174,9 +197,12 @@ class RoundEngine:
 
     def refresh(self) -> None:
         """Re-read the ledger from the store."""
-        self.ledger = read_ledger(
-            self.store, self.task_id, orchestrator=self.orchestrator.public_id
-        )
+        self.use_ledger(read_ledger(self.store, self.task_id, orchestrator=self.orchestrator_id))
+
+    def use_ledger(self, state: LedgerState) -> None:
+        """Derive stakes, bounties and slashes from ``state`` from now on, forgetting what was
+        read or computed before (a replay looks at round N as the ledger stood before N)."""
+        self.ledger = state
         self._tallies.clear()
         self._accepted.clear()
         self._answered_nodes.clear()
@@ -340,7 +366,7 @@ class RoundEngine:
             if node in cache:
                 continue
             record = decode(self.store.read(key), AcceptedSubmission, where=key)
-            if record.signer != self.orchestrator.public_id or record.body.node_id != node:
+            if record.signer != self.orchestrator_id or record.body.node_id != node:
                 raise RecordError(f"{key} is not the orchestrator's record of {node}")
             cache[node] = record
         self._accepted_listed.add(round_number)
@@ -380,7 +406,12 @@ class RoundEngine:
         checked: list[Signed[AuditReport]] = []
         for reply in self.pool.audit(request, todo) if todo else []:
             report = self._check_reply(
-                reply, AuditReport, round_number, signer_field="auditor", nonce=request.body.nonce
+                reply,
+                AuditReport,
+                round_number,
+                signer_field="auditor",
+                nonce=request.body.nonce,
+                max_bytes=ENVELOPE_BYTES + VOTE_BYTES * len(todo.get(reply.node_id, ())),
             )
             if report is not None:
                 checked.append(report)
@@ -409,11 +440,20 @@ class RoundEngine:
         round_number: int,
         *,
         signer_field: str,
+        max_bytes: int,
         nonce: str | None = None,
     ) -> Signed[B] | None:
         """Decode a vote-like reply; log and drop it when it is not the asked node's own."""
         if reply.data is None:
             log.info("node %s: no answer (%s)", reply.node_id, reply.error)
+            return None
+        if len(reply.data) > max_bytes:
+            log.warning(
+                "node %s: reply refused: %d bytes, over the %d-byte cap",
+                reply.node_id,
+                len(reply.data),
+                max_bytes,
+            )
             return None
         try:
             record = decode(reply.data, body_type, where=f"from node {reply.node_id}")
@@ -544,7 +584,14 @@ class RoundEngine:
         if stored is not None:
             return stored
         reply = self.pool.build_distribution(request, builder, inputs, attempt)
-        listed = self._check_reply(reply, DistributionList, inputs.round, signer_field="builder")
+        entries = len(inputs.approved) + len(inputs.slashes)
+        listed = self._check_reply(
+            reply,
+            DistributionList,
+            inputs.round,
+            signer_field="builder",
+            max_bytes=ENVELOPE_BYTES + LIST_ENTRY_BYTES * entries,
+        )
         if listed is None:
             return f"no valid list ({reply.error or 'malformed or not its own'})"
         if listed.body.attempt != attempt:
@@ -587,7 +634,13 @@ class RoundEngine:
                 votes[auditor] = stored.body
         todo = [a for a in auditors if a not in votes]
         for reply in self.pool.audit_distribution(request, todo, inputs, listed) if todo else []:
-            vote = self._check_reply(reply, DistributionAudit, round_number, signer_field="auditor")
+            vote = self._check_reply(
+                reply,
+                DistributionAudit,
+                round_number,
+                signer_field="auditor",
+                max_bytes=ENVELOPE_BYTES + VOTE_BYTES,
+            )
             if vote is None or vote.body.distribution_hash != listed.hash:
                 continue
             self._store(self.layout.distribution_audit(round_number, attempt, reply.node_id), vote)
@@ -609,21 +662,34 @@ class RoundEngine:
     def settle(self, round_number: int, outcome: DistributionOutcome) -> Signed[LedgerEntry]:
         """Wait for the end of the distribution audit; append the round's ledger entry."""
         self.slot_clock.wait_for_slot(self.schedule.settle_slot(round_number))
-        tally = self.tally(round_number)
-        # Never slash more than is left, even if an earlier round settled late.
-        left = self.ledger.stakes(self._registered())
-        slashes = {n: min(a, max(0, left.get(n, 0))) for n, a in tally.slashes.items()}
+        existing = self.ledger.entry(round_number)
+        if existing is not None:
+            return existing
         return append_entry(
             self.store,
             self.ledger,
             self.orchestrator,
-            task_id=self.task_id,
-            round_number=round_number,
-            bounty=self.bounty(round_number),
-            distribution=outcome.accepted,
-            attempts=outcome.attempts,
-            slashes={n: a for n, a in slashes.items() if a > 0},
+            **self._entry_fields(round_number, outcome),
         )
+
+    def entry_body(self, round_number: int, outcome: DistributionOutcome) -> LedgerEntry:
+        """The round's ledger entry as its records say it must be, unsigned (what settle signs
+        and appends; what a replay compares with the stored entry)."""
+        return build_entry(self.ledger, **self._entry_fields(round_number, outcome))
+
+    def _entry_fields(self, round_number: int, outcome: DistributionOutcome) -> dict[str, Any]:
+        tally = self.tally(round_number)
+        # Never slash more than is left, even if an earlier round settled late.
+        left = self.ledger.stakes(self._registered())
+        slashes = {n: min(a, max(0, left.get(n, 0))) for n, a in tally.slashes.items()}
+        return {
+            "task_id": self.task_id,
+            "round_number": round_number,
+            "bounty": self.bounty(round_number),
+            "distribution": outcome.accepted,
+            "attempts": outcome.attempts,
+            "slashes": {n: a for n, a in slashes.items() if a > 0},
+        }
 
     def result(
         self,

@@ -19,7 +19,11 @@ from koiitasks.nodes.sim import SimulatedPool
 from koiitasks.round import RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.storage import Store, open_store
+from koiitasks.storage.layout import MAX_ROUND
 from koiitasks.task import LoadedTask, load_task
+
+#: Rounds one run plans at most (``--rounds``); the next run continues after them.
+MAX_PLANNED_ROUNDS = 1_000_000
 
 
 @dataclass
@@ -40,11 +44,18 @@ class Sandbox:
     def plan(self, *, rounds: int | None, round_number: int | None) -> list[int]:
         """The rounds a run covers: ``--round N`` alone, or the next ``--rounds R``."""
         if round_number is not None:
-            if round_number < 0:
-                raise RoundError(f"--round must be 0 or more, got {round_number}")
+            if not 0 <= round_number <= MAX_ROUND:
+                raise RoundError(f"--round must be 0 to {MAX_ROUND:,}, got {round_number}")
             return [round_number]
         start = self.engine.next_round()
-        return list(range(start, start + (1 if rounds is None else rounds)))
+        count = 1 if rounds is None else rounds
+        if not 0 < count <= MAX_PLANNED_ROUNDS or start + count - 1 > MAX_ROUND:
+            raise RoundError(
+                f"--rounds {count} from round {start}: a run plans 1 to "
+                f"{MAX_PLANNED_ROUNDS:,} rounds, up to round {MAX_ROUND:,}",
+                hint="run again to continue after the last settled round",
+            )
+        return list(range(start, start + count))
 
     def run_round(self, round_number: int) -> RoundResult:
         """One whole round in this thread, without Prefect."""
@@ -107,11 +118,17 @@ def build_sandbox(
     workers: int = 4,
     shard_size: int | None = None,
     hook_timeout_s: float | None = None,
+    network: Network | None = None,
 ) -> Sandbox:
-    """A new sandbox (not cached): a fresh engine over ``store``, as a new process would make."""
-    network = open_sandbox_network(
-        store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, stake=stake
-    )
+    """A new sandbox (not cached): a fresh engine over ``store``, as a new process would make.
+
+    ``network`` (with its nodes' and orchestrator's keys) replaces the seeded sandbox network:
+    ``koiitasks.testing.networks`` makes ones whose nodes each have their own stake.
+    """
+    if network is None:
+        network = open_sandbox_network(
+            store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, stake=stake
+        )
     assert network.orchestrator_key is not None
     if network.task.genesis_ms != 0:
         raise NetworkMismatchError(

@@ -171,7 +171,13 @@ _loaded: dict[Path, LoadedTask] = {}
 
 def load_task(directory: Path | str) -> LoadedTask:
     """Read ``config-task.yml`` and import ``task.py`` from a task directory (cached per path)."""
-    directory = Path(directory).resolve()
+    try:
+        directory = Path(directory).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop; a NUL byte
+        raise TaskLoadError(
+            f"task directory {str(directory)!r} cannot be resolved: {e}",
+            hint="the path is a loop of symbolic links, holds a NUL byte, or cannot be read",
+        ) from e
     with _load_lock:
         if directory in _loaded:
             return _loaded[directory]

@@ -146,3 +146,32 @@ class TestTamperEvidence:
         replace_record(store, key, bytes(raw))
         with pytest.raises(LedgerError, match="distribution list for round 1"):
             verify_ledger(store, "hash-puzzle")
+
+
+class TestEntryConsistency:
+    """An entry's payments agree with whether a distribution list was accepted."""
+
+    @pytest.mark.parametrize(
+        "update",
+        [
+            pytest.param(
+                {"distribution_accepted": False, "distribution_hash": None},
+                id="credits-without-a-list",
+            ),
+            pytest.param({"distribution_hash": None}, id="accepted-list-without-its-hash"),
+        ],
+    )
+    def test_an_entry_that_pays_without_an_accepted_list_fails_verification(
+        self, settled: Sandbox, update: dict[str, object]
+    ) -> None:
+        """A validly signed entry whose credits no accepted list backs is refused by the chain
+        check itself, not only by a replay."""
+        layout = Layout("hash-puzzle")
+        store = copy_store(settled.store)
+        key = layout.ledger_entry(2)
+        entry = decode(store.read(key), LedgerEntry, where=key)
+        assert entry.body.credits
+        unbacked = sign(entry.body.model_copy(update=update), settled.engine.orchestrator)
+        replace_record(store, key, unbacked.encode())
+        with pytest.raises(LedgerError, match=r"0000000002\.json: .*distribution"):
+            verify_ledger(store, "hash-puzzle")

@@ -231,6 +231,24 @@ class TestRoundOrder:
         with pytest.raises(RoundError, match="settle in order"):
             box.run_round(1)
 
+    @pytest.mark.parametrize(
+        ("rounds", "round_number"),
+        [
+            pytest.param(None, 10**10, id="round-beyond-ten-digits"),
+            pytest.param(None, -1, id="negative-round"),
+            pytest.param(10**30, None, id="rounds-beyond-any-list"),
+            pytest.param(0, None, id="no-rounds"),
+        ],
+    )
+    def test_a_run_plans_only_rounds_the_store_can_hold(
+        self, rounds: int | None, round_number: int | None
+    ) -> None:
+        """Asking for a round past the ten-digit round keys, or a plan too long to make, is a
+        RoundError saying the limits, never an OverflowError or an endless list."""
+        box = sandbox(HASH_PUZZLE, nodes=4)
+        with pytest.raises(RoundError, match="9,999,999,999"):
+            box.plan(rounds=rounds, round_number=round_number)
+
     def test_a_store_remembers_its_network(self) -> None:
         """Asking for another network on an existing store is an error naming the difference."""
         store = memory_store()
@@ -273,6 +291,23 @@ class TestHooks:
             ).replace("submission.result == {", "{**submission.result, 'x': 0} == {'x': 0, "),
         )
         (result,) = run_rounds(task_dir, nodes=12)
+        assert all(
+            (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
+        )
+
+    def test_execute_result_that_is_not_utf8_counts_as_missing(self, tmp_path: Path) -> None:
+        """A result holding a lone surrogate (a str no UTF-8 encodes) costs its node the round,
+        not every node: it is refused at the node, like NaN."""
+        task_dir = write_task(
+            tmp_path / "surrogate",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                'return {"node": ctx.node_id, "round": ctx.round, '
+                '"x": "\\ud800" if ctx.node_id < "5" else "fine"}',
+            ).replace("submission.result == {", "{**submission.result, 'x': 0} == {'x': 0, "),
+        )
+        (result,) = run_rounds(task_dir, nodes=12)
+        assert result.distribution_accepted
         assert all(
             (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
         )

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import clock, deploy, init, ledger, node, run, storage, trace
+from koiitasks.cli import clock, deploy, init, ledger, node, rounds, run, storage, trace
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -32,6 +32,7 @@ app.command()(clock.slot)
 app.command("round")(clock.round_)
 app.command()(deploy.deploy)
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(rounds.app, name="rounds")
 app.add_typer(storage.app, name="storage")
 app.add_typer(node.app, name="node")
 
@@ -40,7 +41,8 @@ def main() -> None:
     """Entry point: run the app and turn errors into messages and exit codes."""
     debug = os.environ.get("KOII_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns the code of a `typer.Exit` instead of raising it.
+        code = app(standalone_mode=False)
     except KoiiTasksError as e:
         if debug:
             raise
@@ -72,3 +74,5 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(70)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -64,9 +64,18 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger("koiitasks.round").setLevel(logging.ERROR)
 
 
+def is_folder(text: str) -> bool:
+    """Whether ``text`` names a folder; False for what cannot be a path (a NUL byte, a name
+    longer than the file system takes), which pathlib reports by raising."""
+    try:
+        return Path(text).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_task(url: str, task: str | None) -> str:
     if task is not None:
-        if Path(task).is_dir():
+        if is_folder(task):
             from koiitasks.task import load_task  # noqa: PLC0415
 
             return load_task(task).task_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated
 
 import typer
@@ -17,6 +18,7 @@ from koiitasks.cli._common import (
     resolve_task,
     store_url,
 )
+from koiitasks.errors import ConfigError
 
 app = typer.Typer(help="Inspect and verify a task's reward ledger.", no_args_is_help=True)
 
@@ -78,24 +80,61 @@ def ledger_verify(
         str | None,
         typer.Option(help="Expected orchestrator public key; default: the one task.json names."),
     ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="Hash (12+ hex digits) of the head entry an earlier verify printed: fail if the "
+            "ledger no longer reaches it (newest entries cut off).",
+        ),
+    ] = None,
+    ledger_only: Annotated[
+        bool,
+        typer.Option(
+            "--ledger-only",
+            help="Check the ledger alone, not every settled round's records (quicker on huge "
+            "stores; a changed submission or vote then goes unnoticed).",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Check every signature, the hash chain and conservation, offline.
+    """Check every signature, the hash chain and conservation, then replay every settled round
+    from its signed records, offline.
 
-    Exits 0 when everything holds, 1 naming the first bad record otherwise.
+    Exits 0 when everything holds, 1 naming the first bad record or round otherwise.
     """
     from koiitasks.ledger import verify_ledger  # noqa: PLC0415
+    from koiitasks.replay import verify_task  # noqa: PLC0415
 
+    if orchestrator is not None and not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{32,44}", orchestrator):
+        raise ConfigError(
+            f"--orchestrator {orchestrator!r} is not a public key",
+            hint="give the orchestrator's id: 32 to 44 base58 characters, as task.json names it",
+        )
     url = store_url(store)
     task_id = resolve_task(url, task)
-    report = verify_ledger(open_store_at(url), task_id, orchestrator=orchestrator)
+    the_store = open_store_at(url)
+    if ledger_only and head is None:
+        report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
+        checked, head_hash = report.records_checked, None
+    else:
+        verified = verify_task(the_store, task_id, orchestrator=orchestrator, head=head)
+        report, replayed = verified.ledger, verified.rounds_replayed
+        checked, head_hash = verified.records_checked, verified.head_hash
     if json_out:
-        print(json.dumps({"ok": True, **report.__dict__}))
+        doc = {
+            **report.__dict__,
+            "records_checked": checked,
+            "rounds_replayed": replayed,
+            "head": head_hash,
+        }
+        print(json.dumps({"ok": True, **doc}))
         return
+    rounds = f"; {replayed} rounds replayed from their records" if replayed else ""
+    anchor = f"; head {head_hash}" if head_hash else ""
     out.print(
         f"ok: {report.entries} ledger entries of task {report.task_id} verified "
-        f"({report.records_checked} records; orchestrator {report.orchestrator}); "
-        f"credited {report.total_credited:,}, slashed {report.total_slashed:,}",
+        f"({checked} records{rounds}; orchestrator {report.orchestrator}); "
+        f"credited {report.total_credited:,}, slashed {report.total_slashed:,}{anchor}",
         highlight=False,
         soft_wrap=True,
     )

@@ -111,9 +111,10 @@ class NodeRuntime:
         assert hook is not None  # load_task refuses a task without one
         try:
             result = hook(self.context(round_number, slot_clock))
-            # Must be strict JSON: fail here, with the node named, not later. (canonical()
-            # would quietly write NaN as null, changing the result.)
-            json.dumps(result, allow_nan=False)
+            # Must be strict JSON in UTF-8: fail here, with the node named, not later.
+            # (canonical() would quietly write NaN as null, changing the result, and a lone
+            # surrogate cannot be encoded at all.)
+            json.dumps(result, allow_nan=False, ensure_ascii=False).encode()
         except Exception as e:
             raise self._failed(
                 "execute",

@@ -29,6 +29,10 @@ _memory_lock = threading.Lock()
 def open_store(url: str | None = None, *, s3_endpoint_url: str | None = None) -> Store:
     """The store a URL names; see the module docstring for the forms."""
     url = url or DEFAULT_STORE
+    if "\x00" in url:
+        raise ConfigError(
+            f"store URL {url!r} holds a NUL byte", hint="no folder or bucket name can hold one"
+        )
     scheme, sep, rest = url.partition("://")
     if not sep:
         return FileStore(Path(url))

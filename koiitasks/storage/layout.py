@@ -20,12 +20,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from koiitasks.errors import InvalidKey
 from koiitasks.storage.base import check_key
+
+#: The highest round the layout holds: round keys are ten digits, so that they sort by number.
+MAX_ROUND = 10**10 - 1
 
 
 def round_part(round_number: int) -> str:
-    """The zero-padded round segment."""
+    """The zero-padded round segment; a round outside 0..MAX_ROUND is an :class:`InvalidKey`
+    (an eleven-digit key would sort before round 9,999,999,999 and break the ledger's order)."""
+    if not 0 <= round_number <= MAX_ROUND:
+        raise InvalidKey(
+            f"round {round_number} does not fit the store's ten-digit round keys "
+            f"(0 to {MAX_ROUND:,})"
+        )
     return f"{round_number:010d}"
+
+
+def _segment(name: str, what: str) -> str:
+    """``name`` if it is one key segment: an id with a slash would file its records inside
+    another record's folder."""
+    if "/" in name:
+        raise InvalidKey(
+            f"{what} {name!r} must be one key segment, without '/'",
+            hint="ids are base58 node keys or lowercase task ids",
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,7 @@ class Layout:
 
     @property
     def root(self) -> str:
-        return check_key(f"tasks/{self.task_id}") + "/"
+        return check_key(f"tasks/{_segment(self.task_id, 'task id')}") + "/"
 
     @property
     def task(self) -> str:
@@ -47,7 +68,7 @@ class Layout:
         return self.root + "nodes/"
 
     def node(self, node_id: str) -> str:
-        return check_key(f"{self.nodes}{node_id}.json")
+        return check_key(f"{self.nodes}{_segment(node_id, 'node id')}.json")
 
     def round(self, round_number: int) -> str:
         return f"{self.root}rounds/{round_part(round_number)}/"
@@ -59,19 +80,19 @@ class Layout:
         return self.round(round_number) + "submissions/"
 
     def submission(self, round_number: int, node_id: str) -> str:
-        return check_key(f"{self.submissions(round_number)}{node_id}.json")
+        return check_key(f"{self.submissions(round_number)}{_segment(node_id, 'node id')}.json")
 
     def refusals(self, round_number: int) -> str:
         return self.round(round_number) + "refusals/"
 
     def refusal(self, round_number: int, node_id: str) -> str:
-        return check_key(f"{self.refusals(round_number)}{node_id}.json")
+        return check_key(f"{self.refusals(round_number)}{_segment(node_id, 'node id')}.json")
 
     def audits(self, round_number: int) -> str:
         return self.round(round_number) + "audits/"
 
     def audit(self, round_number: int, auditor: str) -> str:
-        return check_key(f"{self.audits(round_number)}{auditor}.json")
+        return check_key(f"{self.audits(round_number)}{_segment(auditor, 'auditor id')}.json")
 
     def distributions(self, round_number: int) -> str:
         return self.round(round_number) + "distributions/"
@@ -83,6 +104,7 @@ class Layout:
         return f"{self.round(round_number)}distribution-audits/{attempt:02d}/"
 
     def distribution_audit(self, round_number: int, attempt: int, auditor: str) -> str:
+        auditor = _segment(auditor, "auditor id")
         return check_key(f"{self.distribution_audits(round_number, attempt)}{auditor}.json")
 
     def missed(self, round_number: int) -> str:

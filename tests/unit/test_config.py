@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +280,44 @@ class TestParseConfig:
         """A caller's source name is used in the message."""
         with pytest.raises(ConfigError, match=r"^tasks/x/task\.json: expected a mapping"):
             parse_config([], source="tasks/x/task.json")
+
+
+_LAUGHS = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8))
+
+
+class TestHostileYaml:
+    """A config-task.yml made to mislead or to exhaust the loader is refused quickly."""
+
+    @pytest.mark.parametrize(
+        ("text", "fragment"),
+        [
+            pytest.param(_yaml() + "round_time: 20\n", "'round_time' is given twice", id="dup"),
+            pytest.param(
+                _yaml() + "tags: &l0 [x, x, x, x, x, x, x, x, x, x]\nenvironment:\n" + _LAUGHS,
+                "more than 10,000 values",
+                id="billion-laughs",
+            ),
+            pytest.param(_yaml() + "tags: &a [*a]\n", "recursive", id="recursive-alias"),
+            pytest.param(
+                _yaml() + "tags: " + "[" * 1000 + "]" * 1000 + "\n",
+                "nested too deeply",
+                id="deep-nesting",
+            ),
+            pytest.param(
+                _yaml() + "# " + "x" * (300 * 1024) + "\n", "over the 262,144-byte", id="huge"
+            ),
+        ],
+    )
+    def test_is_a_config_error_naming_the_problem(
+        self, tmp_path: Path, text: str, fragment: str
+    ) -> None:
+        """Duplicated keys, alias bombs, deep nesting and huge files are ConfigErrors."""
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(_write(tmp_path, text))
+
+    def test_a_named_pipe_is_refused_without_blocking(self, tmp_path: Path) -> None:
+        """A FIFO in place of the file (reading it would wait forever) is refused at once."""
+        path = tmp_path / CONFIG_FILE
+        os.mkfifo(path)
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config(path)

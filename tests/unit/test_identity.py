@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -221,3 +223,31 @@ class TestLoadKey:
         path = _write_key_file(tmp_path / "node.json", json.dumps(doc).encode())
         with pytest.raises(KeyFileError, match="public key does not match the secret"):
             load_key(path)
+
+
+class TestHostileKeyPaths:
+    """Key paths that are not plain files are refused at once, never read or blocked on."""
+
+    def test_a_named_pipe_is_refused_without_blocking(self, tmp_path: Path) -> None:
+        """A FIFO in place of a key file (reading it would wait forever) is refused."""
+        path = tmp_path / "node.json"
+        os.mkfifo(path, 0o600)
+        with pytest.raises(KeyFileError, match="not a regular file"):
+            load_key(path)
+
+    def test_an_oversized_file_is_refused_unread(self, tmp_path: Path) -> None:
+        """A file far bigger than a key is refused as malformed before it is read."""
+        path = _write_key_file(tmp_path / "node.json", b" " * 100_000)
+        with pytest.raises(KeyFileError, match="100,000 bytes, not a key"):
+            load_key(path)
+
+    @pytest.mark.parametrize(
+        "action",
+        [pytest.param(load_key, id="load"), pytest.param(lambda p: save_key(ALICE, p), id="save")],
+    )
+    def test_a_path_with_a_nul_byte_is_a_key_file_error(
+        self, tmp_path: Path, action: Callable[[Path], object]
+    ) -> None:
+        """A NUL byte in the path is a KeyFileError, not a ValueError from the OS layer."""
+        with pytest.raises(KeyFileError, match=r"no\\x00de\.json"):
+            action(tmp_path / "no\x00de.json")

@@ -204,6 +204,23 @@ class TestLayout:
         with pytest.raises(InvalidKey):
             make_key()
 
+    @pytest.mark.parametrize(
+        "make_key",
+        [
+            pytest.param(lambda: Layout("a/rounds").task, id="task-id"),
+            pytest.param(lambda: LAYOUT.node("a/b"), id="node-id"),
+            pytest.param(lambda: LAYOUT.submission(7, "a/b"), id="submitter"),
+            pytest.param(lambda: LAYOUT.refusal(7, "a/b"), id="refused-node"),
+            pytest.param(lambda: LAYOUT.audit(7, "a/b"), id="auditor"),
+            pytest.param(lambda: LAYOUT.distribution_audit(7, 0, "a/b"), id="list-auditor"),
+        ],
+    )
+    def test_an_id_is_one_segment_of_its_key(self, make_key: Callable[[], str]) -> None:
+        """An id holding a slash would put its record in another record's folder (task "a/rounds"
+        inside task "a"); it is an InvalidKey, though it never leaves the store."""
+        with pytest.raises(InvalidKey, match="one key segment"):
+            make_key()
+
 
 @pytest.fixture(params=["file", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
@@ -435,3 +452,32 @@ class TestOpenStore:
         assert repr(url) in str(caught.value)
         assert caught.value.hint is not None
         assert "memory://NAME" in caught.value.hint
+
+    @pytest.mark.parametrize(
+        "url", ["store\x00dir", "file://store\x00dir", "memory://a\x00b", "s3://bucket\x00/p"]
+    )
+    def test_a_nul_byte_in_a_store_url_is_a_config_error(self, url: str) -> None:
+        """A NUL byte, which no file system or bucket name holds, is refused when the store is
+        opened, not as a ValueError at its first write."""
+        with pytest.raises(ConfigError, match="NUL byte"):
+            open_store(url)
+
+
+class TestRoundKeys:
+    """Round numbers the ten-digit layout can hold."""
+
+    @pytest.mark.parametrize(
+        "round_number",
+        [pytest.param(-1, id="negative"), pytest.param(10**10, id="eleven-digits")],
+    )
+    def test_a_round_outside_the_layout_is_an_invalid_key(self, round_number: int) -> None:
+        """An eleven-digit round would sort before round 9,999,999,999 and break the ledger's
+        order; it is refused as a key instead."""
+        with pytest.raises(InvalidKey, match="ten-digit round keys"):
+            LAYOUT.ledger_entry(round_number)
+        with pytest.raises(InvalidKey, match="ten-digit round keys"):
+            LAYOUT.round(round_number)
+
+    def test_the_last_round_the_layout_holds(self) -> None:
+        """Round 9,999,999,999 is the last one."""
+        assert LAYOUT.ledger_entry(10**10 - 1).endswith("/ledger/9999999999.json")

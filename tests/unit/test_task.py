@@ -106,6 +106,20 @@ class TestLoadTask:
         with pytest.raises(TaskLoadError, match="is not a directory"):
             load_task(path)
 
+    def test_a_symlink_loop_is_a_task_load_error(self, tmp_path: Path) -> None:
+        """A path that is a loop of symbolic links is a TaskLoadError naming it, not a
+        RuntimeError from resolving it."""
+        loop = tmp_path / "loop"
+        loop.symlink_to(loop)
+        with pytest.raises(TaskLoadError, match="symbolic links") as caught:
+            load_task(loop)
+        assert str(loop) in str(caught.value)
+
+    def test_a_path_with_a_nul_byte_is_a_task_load_error(self, tmp_path: Path) -> None:
+        """A NUL byte in the path is a TaskLoadError, not a ValueError from the OS layer."""
+        with pytest.raises(TaskLoadError, match="NUL byte"):
+            load_task(f"{tmp_path}/a\x00b")
+
     def test_a_missing_config_is_a_config_error(self, tmp_path: Path) -> None:
         """A directory without config-task.yml is a ConfigError naming that file."""
         directory = _task_dir(tmp_path, config=None, task_py=HOOKS + EXECUTE + AUDIT)

@@ -1,0 +1,67 @@
+"""Specifications of the command line's entry point: how a run ends."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import typer
+
+from koiitasks import cli
+from koiitasks.cli._common import resolve_task
+from koiitasks.errors import InvalidKey
+from koiitasks.storage import Layout
+
+
+@pytest.fixture
+def two_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app whose `fail` command exits with code 3 and whose `ok` command returns."""
+    app = typer.Typer()
+
+    @app.command()
+    def fail() -> None:
+        raise typer.Exit(3)
+
+    @app.command()
+    def ok() -> None:
+        print("fine")
+
+    monkeypatch.setattr(cli, "app", app)
+
+
+class TestMain:
+    """`koiitasks.cli.main` turns a command's ending into the process's exit code."""
+
+    @pytest.mark.usefixtures("two_commands")
+    def test_a_command_that_exits_with_a_code_ends_the_process_with_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`raise typer.Exit(3)` in a command makes the process exit 3, not 0."""
+        monkeypatch.setattr(sys, "argv", ["koiitasks", "fail"])
+        with pytest.raises(SystemExit) as ended:
+            cli.main()
+        assert ended.value.code == 3
+
+    @pytest.mark.usefixtures("two_commands")
+    def test_a_command_that_returns_ends_without_an_exit(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A command that returns normally leaves main without raising SystemExit."""
+        monkeypatch.setattr(sys, "argv", ["koiitasks", "ok"])
+        cli.main()
+        assert capsys.readouterr().out == "fine\n"
+
+
+class TestResolveTask:
+    """What `--task` names: a task folder, or a task id in the store."""
+
+    @pytest.mark.parametrize(
+        "task",
+        [pytest.param("x" * 600, id="longer-than-a-file-name"), pytest.param("a\x00b", id="nul")],
+    )
+    def test_a_task_that_cannot_be_a_path_is_an_invalid_id(self, task: str) -> None:
+        """A --task no file system takes as a path is read as an id (then refused as a key),
+        never an OSError from asking whether it is a folder."""
+        assert resolve_task("memory://unit-resolve-task", task) == task
+        with pytest.raises(InvalidKey):
+            Layout(task).ledger_entry(0)
