@@ -10,6 +10,7 @@ the module that called the third party, with ``raise ... from e``::
     ├── KeyFileError                a key file is missing, malformed or too readable
     ├── NetworkMismatchError        a run asks for another network than the store holds
     ├── RoundError                  a round cannot be run as asked (order, state)
+    ├── ClusterError                a Dask cluster cannot be reached or lost a round's shards
     ├── StorageError                anything the store could not do
     │   ├── RecordNotFound          no record under that key
     │   ├── RecordConflict          a create-only key already holds other bytes
@@ -61,6 +62,10 @@ class NetworkMismatchError(KoiiTasksError):
 
 class RoundError(KoiiTasksError):
     """A round cannot be run as asked."""
+
+
+class ClusterError(KoiiTasksError):
+    """A Dask scheduler cannot be reached, or shards of a round failed on the cluster."""
 
 
 class StorageError(KoiiTasksError):

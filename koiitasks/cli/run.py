@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,16 @@ def run(
     plain: Annotated[
         bool, typer.Option("--plain", help="Run the rounds without Prefect (no UI, faster start).")
     ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Run execute and audit shards on a Dask cluster: tcp://HOST:8786, or local[:N] "
+            "for N worker processes here. Default: $KOII_DASK_ADDRESS. Needs a Prefect server "
+            "(PREFECT_API_URL).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
 ) -> None:
@@ -54,6 +65,7 @@ def run(
         koiitasks run examples/hash-puzzle --nodes 50 --rounds 3
         koiitasks run examples/hash-puzzle --nodes 20 --adversary lazy=2 --adversary offline=1
         koiitasks run examples/hash-puzzle --rounds 5 --json | jq .nodes
+        koiitasks run examples/hash-puzzle --nodes 10000 --dask tcp://10.0.0.5:8786
     """
     setup_logging(verbose)
     from koiitasks.network import parse_adversaries  # noqa: PLC0415 - keep --help fast
@@ -61,6 +73,8 @@ def run(
 
     if rounds is not None and round_number is not None:
         raise typer.BadParameter("give --rounds or --round, not both")
+    if dask is not None and plain:
+        raise typer.BadParameter("--plain runs without Prefect; --dask needs it: give one")
     url = store_url(store)
     adversaries = parse_adversaries(adversary) if adversary else None
     options: dict[str, Any] = {
@@ -75,13 +89,23 @@ def run(
     plan = sandbox.plan(
         rounds=rounds if rounds or round_number is not None else 1, round_number=round_number
     )
-    runner = (
-        _plain_runner(sandbox) if plain else _flow_runner(str(sandbox.loaded.directory), options)
-    )
+    address = None if plain else dask or load_settings().dask_address
+    stack = ExitStack()
+    if address:
+        from koiitasks.cli._dask import dask_round_runner  # noqa: PLC0415 - Dask only when asked
+
+        task_dir_text = str(sandbox.loaded.directory)
+        runner = stack.enter_context(dask_round_runner(task_dir_text, options, address))
+    else:
+        runner = (
+            _plain_runner(sandbox)
+            if plain
+            else _flow_runner(str(sandbox.loaded.directory), options)
+        )
     show_progress = not json_out and err.is_terminal
     from rich.progress import Progress  # noqa: PLC0415
 
-    with Progress(console=err, transient=True, disable=not show_progress) as progress:
+    with stack, Progress(console=err, transient=True, disable=not show_progress) as progress:
         bar = progress.add_task(f"{sandbox.loaded.task_id}", total=len(plan))
         for number in plan:
             progress.update(bar, description=f"{sandbox.loaded.task_id} round {number}")
