@@ -148,6 +148,7 @@ def dask_round(
             hint="set KOII_DASK_ADDRESS=tcp://HOST:8786 (or local:2 to try it on this machine)",
         )
     cluster.check_prefect_api(PREFECT_API_URL.value())
+    cluster.check_shared_store(store)
     spec = SandboxSpec(
         task_dir=task_dir,
         store=store,

@@ -143,6 +143,17 @@ def check_prefect_api(api_url: str | None) -> None:
         )
 
 
+def check_shared_store(url: str) -> None:
+    """Refuse a store only this process sees: Dask workers would write where nobody reads."""
+    scheme = url.partition("://")[0] if "://" in url else "file"
+    if scheme in {"memory", "moto"}:
+        raise ConfigError(
+            f"store {url!r} lives inside one process; Dask workers cannot share it",
+            hint="use a folder every worker sees (one machine, or a shared mount) or "
+            "s3://BUCKET[/PREFIX] (with KOII_S3_ENDPOINT_URL for MinIO or a moto server)",
+        )
+
+
 def local_workers(address: str) -> int | None:
     """The worker count when ``address`` asks for a local cluster (``local`` or ``local:N``)."""
     name, sep, count = address.partition(":")

@@ -15,8 +15,11 @@ import pytest
 from flows.dask import dask_round
 from koiitasks.ledger import verify_ledger
 from koiitasks.round_result import RoundResult
-from koiitasks.storage import FileStore, Store
+from koiitasks.storage import FileStore, Store, open_store
+from koiitasks.storage.s3 import MOTO_CREDENTIALS, make_s3_client
+from koiitasks.storage.s3_init import init_s3_store
 from koiitasks.testing import sandbox, write_task
+from koiitasks.testing.s3 import unique_bucket_name
 from tests.conftest import HASH_PUZZLE
 from tests.scaleout.conftest import KILL_DIR_VARIABLE, DaskCluster
 
@@ -119,6 +122,35 @@ class TestRoundsOnDask:
         for n in range(2):
             alone.run_round(n)
         assert snapshot(FileStore(store)) == snapshot(alone.store)
+
+    @pytest.mark.usefixtures("aws_env")
+    def test_workers_sharing_an_s3_store_write_the_single_process_bytes(
+        self, dask_cluster: DaskCluster, moto_endpoint: str
+    ) -> None:
+        """Workers and the flow run sharing one S3 store (a moto server process), as on
+        several machines, write the bytes the same round writes in one process."""
+        url = f"s3://{unique_bucket_name()}/koii"
+        client = make_s3_client(moto_endpoint, credentials=MOTO_CREDENTIALS)
+        init_s3_store(url, client=client)
+        client.close()
+        network: dict[str, Any] = {"nodes": 10, "seed": 9, "adversaries": {"lazy": 1}}
+        result = RoundResult.model_validate_json(
+            dask_round(
+                task_dir=str(HASH_PUZZLE),
+                round_number=0,
+                store=url,
+                shard_size=4,
+                s3_endpoint_url=moto_endpoint,
+                dask_address=dask_cluster.address,
+                **network,
+            )
+        )
+        assert result.distribution_accepted
+
+        alone = sandbox(HASH_PUZZLE, **network)
+        alone.run_round(0)
+        with open_store(url, s3_endpoint_url=moto_endpoint) as on_s3:
+            assert snapshot(on_s3) == snapshot(alone.store)
 
     def test_killed_workers_mid_round_still_settle_each_round_once(
         self, dask_cluster: DaskCluster, tmp_path: Path

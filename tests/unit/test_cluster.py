@@ -100,6 +100,17 @@ class TestClusterSettings:
         assert "PREFECT_API_URL" in str(caught.value)
         assert "prefect server start" in str(caught.value)
 
+    @pytest.mark.parametrize("store", ["memory://shared", "moto://bucket"])
+    def test_a_store_inside_one_process_is_refused(self, store: str) -> None:
+        """memory:// and moto:// live in one process: the error names folders and s3://."""
+        with pytest.raises(ConfigError, match="s3://BUCKET"):
+            cluster.check_shared_store(store)
+
+    @pytest.mark.parametrize("store", ["/srv/koii", "file:///srv/koii", "s3://bucket/koii"])
+    def test_folders_and_s3_can_be_shared(self, store: str) -> None:
+        """A folder (on one machine or a shared mount) and S3 are stores workers share."""
+        cluster.check_shared_store(store)
+
     def test_an_unreachable_scheduler_is_named_with_the_setting_to_fix(self) -> None:
         """A scheduler address where nothing listens raises ClusterError naming the address
         and KOII_DASK_ADDRESS, at once rather than after Dask's timeout."""
