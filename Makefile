@@ -23,9 +23,10 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy
+	for example in examples/*/; do $(BIN)/mypy "$$example" || exit 1; done
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 check: lint types test
 

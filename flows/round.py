@@ -17,6 +17,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from koiitasks.remote import open_remote
 from koiitasks.reports import artifact_key, payouts_table, round_markdown
 from koiitasks.round import DistributionOutcome, RoundEngine
 from koiitasks.round_result import RoundResult
@@ -66,28 +67,40 @@ def publish(result: RoundResult) -> None:
     )
 
 
-def run_round_steps(engine: RoundEngine, round_number: int) -> RoundResult:
-    """The round's steps as Prefect tasks; called inside a flow."""
+def run_round_steps(
+    engine: RoundEngine, round_number: int, *, in_this_thread: bool = False
+) -> RoundResult:
+    """The round's steps as Prefect tasks; called inside a flow.
+
+    ``in_this_thread`` runs the shard tasks one after another in the flow's own thread (the
+    main thread for a flow called from the CLI) instead of on the task runner's threads, so a
+    breakpoint in a hook stops there: ``koiitasks run --workers 1``.
+    """
     if engine.is_settled(round_number):
         result = engine.result(round_number, already_settled=True)
         publish(result)
         return result
     engine.open_round(round_number)
-    wait(
-        [
-            execute_shard.submit(engine, round_number, shard)
-            for shard in engine.shards(engine.eligible(round_number))
-        ]
-    )
+    shards = engine.shards(engine.eligible(round_number))
+    if in_this_thread:
+        for shard in shards:
+            execute_shard(engine, round_number, shard)
+    else:
+        wait([execute_shard.submit(engine, round_number, shard) for shard in shards])
     assignments = engine.plan_audits(round_number)
-    # Each task run gets its own slice: Prefect walks every parameter looking for futures, and
-    # the whole map at 10,000 nodes, once per shard, was seconds of a round (measured).
-    wait(
-        [
-            audit_shard.submit(engine, round_number, {a: assignments[a] for a in shard}, shard)
-            for shard in engine.shards(sorted(assignments))
-        ]
-    )
+    shards = engine.shards(sorted(assignments))
+    if in_this_thread:
+        for shard in shards:
+            audit_shard(engine, round_number, assignments, shard)
+    else:
+        # Each task run gets its own slice: Prefect walks every parameter looking for futures,
+        # and the whole map at 10,000 nodes, once per shard, was seconds of a round (measured).
+        wait(
+            [
+                audit_shard.submit(engine, round_number, {a: assignments[a] for a in s}, s)
+                for s in shards
+            ]
+        )
     outcome = distribute(engine, round_number)
     result = settle(engine, round_number, outcome)
     publish(result)
@@ -117,6 +130,7 @@ def sandbox_round(
 ) -> str:
     """Run one round of a task on simulated nodes and time (the local sandbox).
 
+    ``workers=1`` runs every hook in the flow's own thread (see :func:`run_round_steps`).
     Returns the round's result as JSON text (a :class:`RoundResult`): Prefect walks a returned
     dict looking for futures, which at 10,000 nodes cost seconds; a string it leaves alone.
     """
@@ -130,4 +144,26 @@ def sandbox_round(
         s3_endpoint_url=s3_endpoint_url or load_settings().s3_endpoint_url,
     )
     sandbox.begin(round_number)
-    return run_round_steps(sandbox.engine, round_number).model_dump_json()
+    result = run_round_steps(sandbox.engine, round_number, in_this_thread=workers == 1)
+    return result.model_dump_json()
+
+
+@flow(
+    name="koii-remote-round",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner[Any](max_workers=SHARD_CONCURRENCY),  # type: ignore[arg-type]
+    persist_result=False,
+)
+def remote_round(
+    task_dir: str,
+    round_number: int,
+    store: str,
+    key_file: str,
+    skew_tolerance_slots: int = 1,
+) -> str:
+    """Run one round of a task on its registered remote nodes, on the wall clock (the
+    result as JSON text, like :func:`sandbox_round`)."""
+    remote = open_remote(
+        task_dir, store=store, key_file=key_file, skew_tolerance_slots=skew_tolerance_slots
+    )
+    return run_round_steps(remote.engine, round_number).model_dump_json()

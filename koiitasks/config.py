@@ -58,19 +58,29 @@ def slugify(name: str) -> str:
 class TaskConfig(KoiiModel):
     """The validated contents of ``config-task.yml``."""
 
-    task_name: str = Field(min_length=1, max_length=200)
-    task_id: TaskId | None = None
+    task_name: str = Field(min_length=1, max_length=200, description="the task's display name")
+    task_id: TaskId | None = Field(
+        None, description="names the task in stores, URLs and flow runs: a-z, 0-9 and dashes"
+    )
     round_time: int = Field(gt=0, description="slots per round")
     submission_window: int = Field(gt=0, description="slots to submit, at the start of N+1")
     audit_window: int = Field(gt=0, description="slots to audit, after the submission window")
     minimum_stake_amount: int = Field(ge=0, description="base units a node must stake")
     total_bounty_amount: int = Field(gt=0, description="base units for all rounds together")
     bounty_amount_per_round: int = Field(gt=0, description="base units at most per round")
-    allowed_failed_distributions: int = Field(3, ge=0, le=20)
-    auditors_per_submission: int = Field(3, ge=1, le=25)
-    slash_fraction: float = Field(0.7, ge=0.0, le=1.0)
-    slot_ms: int = Field(400, gt=0, le=60_000)
-    max_result_bytes: int = Field(65_536, gt=0, le=16 * 1024 * 1024)
+    allowed_failed_distributions: int = Field(
+        3, ge=0, le=20, description="rejected distribution lists rebuilt by other nodes per round"
+    )
+    auditors_per_submission: int = Field(
+        3, ge=1, le=25, description="other nodes that audit each submission; the majority decides"
+    )
+    slash_fraction: float = Field(
+        0.7, ge=0.0, le=1.0, description="share of its stake a node loses when audit rejects it"
+    )
+    slot_ms: int = Field(400, gt=0, le=60_000, description="milliseconds per slot (Koii: ~400)")
+    max_result_bytes: int = Field(
+        65_536, gt=0, le=16 * 1024 * 1024, description="largest result a submission may carry"
+    )
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
     @field_validator(

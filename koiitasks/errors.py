@@ -10,6 +10,8 @@ the module that called the third party, with ``raise ... from e``::
     ├── KeyFileError                a key file is missing, malformed or too readable
     ├── NetworkMismatchError        a run asks for another network than the store holds
     ├── RoundError                  a round cannot be run as asked (order, state)
+    │   └── RoundMissed             its window closed before it could start (wall clock)
+    ├── RequestRefused              a node refused an orchestrator's call (HTTP status inside)
     ├── ClusterError                a Dask cluster cannot be reached or lost a round's shards
     ├── StorageError                anything the store could not do
     │   ├── RecordNotFound          no record under that key
@@ -62,6 +64,21 @@ class NetworkMismatchError(KoiiTasksError):
 
 class RoundError(KoiiTasksError):
     """A round cannot be run as asked."""
+
+
+class RequestRefused(KoiiTasksError):  # noqa: N818 - reads as what happened
+    """A node refused a call: not the orchestrator's, not open now, replayed, malformed.
+
+    ``status`` is the HTTP status ``koiitasks node serve`` answers with.
+    """
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class RoundMissed(RoundError):  # noqa: N818 - reads as what happened
+    """A round's window closed before the round could start: it is missed, not broken."""
 
 
 class ClusterError(KoiiTasksError):

@@ -25,7 +25,7 @@ from koiitasks.distribution import (
     choose_builder,
     choose_list_auditors,
 )
-from koiitasks.errors import RecordError, RoundError
+from koiitasks.errors import RecordError, RoundError, RoundMissed
 from koiitasks.identity import Keypair
 from koiitasks.ingest import Accepted, IngestRules, ingest
 from koiitasks.ledger import LedgerState, append_entry, read_ledger
@@ -92,6 +92,7 @@ class RoundEngine:
         pool: NodePool,
         slot_clock: SlotClock,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        skew_tolerance_slots: int = 1,
     ) -> None:
         if orchestrator.public_id != network.record.signer:
             raise RecordError(
@@ -107,6 +108,8 @@ class RoundEngine:
         self.pool = pool
         self.slot_clock = slot_clock
         self.shard_size = shard_size
+        # How far ahead of the orchestrator's clock a node's response slot may be (remote nodes).
+        self.skew_tolerance_slots = skew_tolerance_slots
         self.schedule = Schedule(
             starting_slot=network.task.starting_slot,
             round_time=config.round_time,
@@ -248,7 +251,7 @@ class RoundEngine:
         now = self.slot_clock.get_slot()
         key = f"{self.layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
         if now >= window.end and not self.store.exists(key):
-            raise RoundError(
+            raise RoundMissed(
                 f"round {round_number} of task {self.task_id!r} can no longer run: its "
                 f"submission window closed at slot {window.end} and the clock is at slot {now}",
                 hint="it is recorded as missed; run the next round instead",
@@ -270,6 +273,7 @@ class RoundEngine:
             schedule=self.schedule,
             slot_clock=self.slot_clock,
             max_result_bytes=self.config.max_result_bytes,
+            skew_tolerance_slots=self.skew_tolerance_slots,
         )
         records: list[tuple[str, Signed[Any]]] = []
         for reply in self.pool.execute(request, todo):

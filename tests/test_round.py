@@ -329,9 +329,10 @@ class TestHooks:
         """Auditors recompute the list; a hook that gives another answer each time is rejected."""
         task_dir = write_task(
             tmp_path / "random",
-            ECHO_TASK
-            + "\nimport random\n@task.distribute\ndef distribute(ctx, approved, bounty):\n"
-            "    return {random.choice(approved).node_id: bounty}\n",
+            ECHO_TASK + "\nimport itertools\ncalls = itertools.count()\n"
+            "@task.distribute\ndef distribute(ctx, approved, bounty):\n"
+            "    # another node on every call: builder and auditors never agree\n"
+            "    return {approved[next(calls) % len(approved)].node_id: bounty}\n",
         )
         (result,) = run_rounds(task_dir, nodes=12)
         assert not result.distribution_accepted

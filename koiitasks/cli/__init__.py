@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import ledger, run, storage
+from koiitasks.cli import clock, init, ledger, node, run, storage, trace
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -25,9 +25,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+app.command()(init.init)
 app.command()(run.run)
+app.command()(trace.trace)
+app.command()(clock.slot)
+app.command("round")(clock.round_)
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(storage.app, name="storage")
+app.add_typer(node.app, name="node")
 
 
 def main() -> None:

@@ -39,8 +39,23 @@ def run(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Threads running hooks; 1 runs them in the main thread.", min=1)
+        int,
+        typer.Option(
+            help="Threads running hooks; 1 runs every hook in the main thread, one after "
+            "another, so a breakpoint() in a hook stops there.",
+            min=1,
+        ),
     ] = 4,
+    trace: Annotated[
+        str | None,
+        typer.Option(
+            "--trace",
+            metavar="NODE",
+            help="After each round, print every record of one node: its request, answer or "
+            "refusal, the votes on it, its own votes, distribution lists and ledger line. NODE "
+            "is the start of a node id or a behaviour (its first node), e.g. lazy.",
+        ),
+    ] = None,
     plain: Annotated[
         bool, typer.Option("--plain", help="Run the rounds without Prefect (no UI, faster start).")
     ] = False,
@@ -56,6 +71,22 @@ def run(
     ] = None,
     json_out: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Run on the nodes registered in the store (`koiitasks node register`), on the "
+            "wall clock, instead of simulated nodes.",
+        ),
+    ] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="With --remote: the orchestrator's key file (`koiitasks node keygen`)."),
+    ] = None,
+    skew_tolerance_slots: Annotated[
+        int,
+        typer.Option(help="With --remote: slots a node's clock may run ahead of ours.", min=0),
+    ] = 1,
 ) -> None:
     """Run rounds of a task in the local sandbox: simulated nodes on a simulated slot clock.
 
@@ -65,17 +96,38 @@ def run(
         koiitasks run examples/hash-puzzle --nodes 50 --rounds 3
         koiitasks run examples/hash-puzzle --nodes 20 --adversary lazy=2 --adversary offline=1
         koiitasks run examples/hash-puzzle --rounds 5 --json | jq .nodes
+        koiitasks run examples/hash-puzzle --adversary lazy=1 --trace lazy
+        koiitasks run examples/hash-puzzle --workers 1    # then breakpoint() in a hook stops
+        koiitasks run examples/hash-puzzle --remote --key orchestrator.json --rounds 3
         koiitasks run examples/hash-puzzle --nodes 10000 --dask tcp://10.0.0.5:8786
     """
     setup_logging(verbose)
     from koiitasks.network import parse_adversaries  # noqa: PLC0415 - keep --help fast
     from koiitasks.sandbox import open_sandbox  # noqa: PLC0415
+    from koiitasks.trace import resolve_node, trace_node  # noqa: PLC0415
 
     if rounds is not None and round_number is not None:
         raise typer.BadParameter("give --rounds or --round, not both")
-    if dask is not None and plain:
-        raise typer.BadParameter("--plain runs without Prefect; --dask needs it: give one")
+    if dask is not None and (plain or remote):
+        raise typer.BadParameter(
+            "--dask runs sandbox rounds' shards as Prefect tasks: not with --plain or --remote"
+        )
     url = store_url(store)
+    if remote:
+        from koiitasks.cli.remote import run_remote  # noqa: PLC0415
+
+        run_remote(
+            task_dir,
+            store=url,
+            key=key,
+            rounds=rounds,
+            round_number=round_number,
+            plain=plain,
+            json_out=json_out,
+            skew_tolerance_slots=skew_tolerance_slots,
+            sandbox_options={"nodes": nodes, "seed": seed, "adversary": adversary},
+        )
+        return
     adversaries = parse_adversaries(adversary) if adversary else None
     options: dict[str, Any] = {
         "store": url,
@@ -86,6 +138,7 @@ def run(
         "s3_endpoint_url": load_settings().s3_endpoint_url,
     }
     sandbox = open_sandbox(task_dir, **options)
+    traced = resolve_node(sandbox.network.behaviours(), trace) if trace is not None else None
     plan = sandbox.plan(
         rounds=rounds if rounds or round_number is not None else 1, round_number=round_number
     )
@@ -102,7 +155,8 @@ def run(
             if plain
             else _flow_runner(str(sandbox.loaded.directory), options)
         )
-    show_progress = not json_out and err.is_terminal
+    # A live progress bar would draw over a debugger stopped in a hook (--workers 1).
+    show_progress = not json_out and err.is_terminal and workers > 1
     from rich.progress import Progress  # noqa: PLC0415
 
     with stack, Progress(console=err, transient=True, disable=not show_progress) as progress:
@@ -115,6 +169,14 @@ def run(
                 print(result.model_dump_json(), flush=True)
             else:
                 out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
+            if traced is not None:
+                path = trace_node(sandbox.store, sandbox.loaded.task_id, number, traced)
+                if json_out:  # one line per record, "kind": "trace", after the round's line
+                    print("\n".join(path.json_lines()), flush=True)
+                else:
+                    out.print(
+                        "\n".join(path.lines()), markup=False, highlight=False, soft_wrap=True
+                    )
     if not json_out:
         ledger = sandbox.engine.ledger
         out.print(
@@ -135,12 +197,22 @@ def _flow_runner(task_dir: str, options: dict[str, Any]) -> Any:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import sandbox_round  # noqa: PLC0415
+    from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
 
     def run_one(number: int) -> RoundResult:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            data = sandbox_round(task_dir=task_dir, round_number=number, **options)
+        try:
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                data = sandbox_round(task_dir=task_dir, round_number=number, **options)
+        except RuntimeError as e:  # a slow first start is the author's machine, not a bug
+            if "ephemeral Prefect API server" not in str(e):
+                raise
+            raise ConfigError(
+                "Prefect's temporary API server did not start in time",
+                hint="run with --plain, point PREFECT_API_URL at a running server (`prefect "
+                "server start`), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+            ) from e
         return RoundResult.model_validate_json(data)
 
     return run_one

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import JsonValue
 
@@ -17,6 +17,7 @@ from koiitasks.clock import Schedule, SlotClock
 from koiitasks.distribution import DistributionInputs, check_credits, default_distribute
 from koiitasks.errors import KoiiTasksError, RecordError, SignatureError
 from koiitasks.identity import Keypair
+from koiitasks.nodes.failures import report_hook_failure
 from koiitasks.protocol import (
     AcceptedSubmission,
     AuditReport,
@@ -33,7 +34,25 @@ log = logging.getLogger("koiitasks.node")
 
 
 class HookFailed(KoiiTasksError):  # noqa: N818 - reads as what happened
-    """A task hook raised or returned something unusable."""
+    """A task hook raised or returned something unusable.
+
+    ``hook``, ``node_id`` and ``round_number`` say where; the hook's own exception, when it
+    raised one, is ``__cause__`` (:mod:`koiitasks.nodes.failures` shows its task frames).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hook: str = "",
+        node_id: str = "",
+        round_number: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.hook = hook
+        self.node_id = node_id
+        self.round_number = round_number
 
 
 class NodeRuntime:
@@ -56,6 +75,12 @@ class NodeRuntime:
         self.orchestrator = orchestrator
         self.store = NodeStore()
         self.log = logging.getLogger(f"koiitasks.task.{loaded.task_id}")
+        #: Called with every hook failure this node survives (an audit vote left out); the
+        #: simulated pool replaces it to report a failure once per round, not once per node.
+        self.on_hook_failure: Callable[[HookFailed], None] = report_hook_failure
+
+    def _failed(self, hook: str, round_number: int, message: str) -> HookFailed:
+        return HookFailed(message, hook=hook, node_id=self.node_id, round_number=round_number)
 
     def context(self, round_number: int, slot_clock: SlotClock | None = None) -> Context:
         return Context(
@@ -90,9 +115,11 @@ class NodeRuntime:
             # would quietly write NaN as null, changing the result.)
             json.dumps(result, allow_nan=False)
         except Exception as e:
-            raise HookFailed(
+            raise self._failed(
+                "execute",
+                round_number,
                 f"execute hook failed on node {self.node_id} in round {round_number}: "
-                f"{type(e).__name__}: {e}"
+                f"{type(e).__name__}: {e}",
             ) from e
         return result
 
@@ -148,13 +175,17 @@ class NodeRuntime:
         try:
             verdict = hook(self.context(round_number), view)
         except Exception as e:
-            raise HookFailed(
+            raise self._failed(
+                "audit",
+                round_number,
                 f"audit hook failed on node {self.node_id} auditing {body.node_id} "
-                f"in round {round_number}: {type(e).__name__}: {e}"
+                f"in round {round_number}: {type(e).__name__}: {e}",
             ) from e
         if not isinstance(verdict, bool):
-            raise HookFailed(
-                f"audit hook on node {self.node_id} returned {type(verdict).__name__}, not bool"
+            raise self._failed(
+                "audit",
+                round_number,
+                f"audit hook on node {self.node_id} returned {type(verdict).__name__}, not bool",
             )
         return verdict, "" if verdict else "audit hook returned False"
 
@@ -175,7 +206,7 @@ class NodeRuntime:
             try:
                 valid, reason = self.judge(record, request.body.round)
             except HookFailed as e:
-                log.warning("%s", e)
+                self.on_hook_failure(e)
                 continue
             if flip:
                 valid, reason = not valid, "" if valid else "voted against"
@@ -207,15 +238,19 @@ class NodeRuntime:
         try:
             credits = hook(self.context(inputs.round), inputs.views(), inputs.bounty)
         except Exception as e:
-            raise HookFailed(
+            raise self._failed(
+                "distribute",
+                inputs.round,
                 f"distribute hook failed on node {self.node_id} in round {inputs.round}: "
-                f"{type(e).__name__}: {e}"
+                f"{type(e).__name__}: {e}",
             ) from e
         reason = check_credits(credits, inputs)
         if reason is not None and _representable(credits):
             return dict(credits)  # sign it anyway: auditors reject it with the reason
         if reason is not None:
-            raise HookFailed(f"{reason} (node {self.node_id}, round {inputs.round})")
+            raise self._failed(
+                "distribute", inputs.round, f"{reason} (node {self.node_id}, round {inputs.round})"
+            )
         return dict(credits)
 
     def build_distribution(

@@ -30,6 +30,7 @@ from koiitasks.clock import Clock, Schedule, SimulatedClock, SlotClock
 from koiitasks.distribution import DistributionInputs
 from koiitasks.identity import Keypair
 from koiitasks.nodes.base import NodePool, Reply
+from koiitasks.nodes.failures import FailureLog
 from koiitasks.nodes.runtime import HookFailed, NodeRuntime
 from koiitasks.protocol import (
     AcceptedSubmission,
@@ -73,6 +74,10 @@ class SimulatedPool(NodePool):
         hook_timeout_s: float = 30.0,
     ) -> None:
         self.runtimes = dict(runtimes)
+        # Many simulated nodes failing the same way: say it once per round, not once per node.
+        self.failures = FailureLog(log)
+        for runtime in self.runtimes.values():
+            runtime.on_hook_failure = self.failures
         self.behaviours = dict(behaviours)
         self.schedule = schedule
         self.slot_ms = slot_ms
@@ -108,7 +113,7 @@ class SimulatedPool(NodePool):
             try:
                 return call()
             except HookFailed as e:
-                log.warning("%s", e)
+                self.failures(e)
                 return self._reply(node_id, None, str(e))
 
         if self._executor is None:
@@ -189,6 +194,7 @@ class SimulatedPool(NodePool):
             slot_clock=runtime.slot_clock,
         )
         forged.node_id = node_id  # claims the registered id, signs with another key
+        forged.on_hook_failure = runtime.on_hook_failure
         return forged
 
     def audit(

@@ -8,6 +8,11 @@ chosen node counts and adversaries, and get typed results back::
     def test_honest_nodes_are_paid():
         results = run_rounds("path/to/task", nodes=10, rounds=2, adversaries={"lazy": 1})
         assert all(n.credit > 0 for n in results[-1].nodes.values() if n.behaviour == "honest")
+
+Call one hook at a time on a fake clock (:mod:`koiitasks.testing.hooks`: ``call_execute``,
+``call_audit``, ``call_distribute``, ``submission``, ``context``, ``FakeClock``), and check a
+distribute hook's rules in one line with hypothesis (:mod:`koiitasks.testing.properties`:
+``check_distribute``; hypothesis comes with ``pip install 'koiitasks[testing]'``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ from koiitasks.round_result import RoundResult
 from koiitasks.sandbox import Sandbox, build_sandbox
 from koiitasks.storage import MemoryStore, Store
 from koiitasks.task import load_task
+from koiitasks.testing.hooks import (
+    FakeClock,
+    call_audit,
+    call_distribute,
+    call_execute,
+    context,
+    node_id,
+    submission,
+)
+from koiitasks.testing.properties import check_distribute
 
 _names = itertools.count()
 
@@ -99,8 +114,16 @@ def write_task(
 
 __all__ = [
     "FAST_CONFIG",
+    "FakeClock",
+    "call_audit",
+    "call_distribute",
+    "call_execute",
+    "check_distribute",
+    "context",
     "memory_store",
+    "node_id",
     "run_rounds",
     "sandbox",
+    "submission",
     "write_task",
 ]
