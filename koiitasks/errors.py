@@ -12,6 +12,7 @@ the module that called the third party, with ``raise ... from e``::
     ├── RoundError                  a round cannot be run as asked (order, state)
     │   └── RoundMissed             its window closed before it could start (wall clock)
     ├── RequestRefused              a node refused an orchestrator's call (HTTP status inside)
+    ├── ClusterError                a Dask cluster cannot be reached or lost a round's shards
     ├── StorageError                anything the store could not do
     │   ├── RecordNotFound          no record under that key
     │   ├── RecordConflict          a create-only key already holds other bytes
@@ -79,6 +80,10 @@ class RequestRefused(KoiiTasksError):  # noqa: N818 - reads as what happened
 
 class RoundMissed(RoundError):  # noqa: N818 - reads as what happened
     """A round's window closed before the round could start: it is missed, not broken."""
+
+
+class ClusterError(KoiiTasksError):
+    """A Dask scheduler cannot be reached, or shards of a round failed on the cluster."""
 
 
 class StorageError(KoiiTasksError):

@@ -211,6 +211,23 @@ class RoundEngine:
         self._assignments.clear()
         self._reports.clear()
 
+    def forget_round_cache(self, round_number: int) -> None:
+        """Drop what this engine listed about one round, so the next step re-reads the store.
+
+        Call it after shards of the round ran in other processes (Dask workers): this engine
+        then sees the submissions, refusals and audit reports they stored. Stakes and the
+        ledger are not touched (:meth:`refresh` re-reads those).
+        """
+        for cache in (
+            self._tallies,
+            self._accepted,
+            self._answered_nodes,
+            self._assignments,
+            self._reports,
+        ):
+            cache.pop(round_number, None)
+        self._accepted_listed.discard(round_number)
+
     def next_round(self) -> int:
         """The round after the last settled one (0 on a new ledger)."""
         head = self.ledger.head
