@@ -191,7 +191,9 @@ class TestRoundsOnNodeProcesses:
         assert rounds[0]["round"] < rounds[1]["round"]
         node_ids = {node.node_id for node in cluster.nodes}
         for result in rounds:
-            assert result["distribution_accepted"] is True, [(n["outcome"], n.get("reason")) for n in result["nodes"].values()]
+            assert result["distribution_accepted"] is True, [
+                (n["outcome"], n.get("reason")) for n in result["nodes"].values()
+            ]
             assert set(result["nodes"]) == node_ids
             assert all(n["outcome"] == "approved" for n in result["nodes"].values())
             assert all(n["credit"] > 0 for n in result["nodes"].values())
