@@ -181,7 +181,7 @@ def local_cluster(
         threads_per_worker=1,  # hooks already run on the node pool's own threads
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # None means the default, 8787: any free port instead
         env=env or {},
     ) as cluster:
         yield str(cluster.scheduler_address)
