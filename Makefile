@@ -6,7 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run check lint types test clean
+FIGURES := $(CURDIR)/.figures
+
+.PHONY: run check lint types test figures report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +28,18 @@ types: $(STAMP)
 	for example in examples/*/; do $(BIN)/mypy "$$example" || exit 1; done
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	rm -rf $(FIGURES)
+	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: lint types test
+# The reliability figures the tests counted: printed, and checked against what was asked for.
+figures: $(STAMP)
+	$(BIN)/python -m koiitasks.testing.figures check $(FIGURES) --doc docs/reliability.md
+
+# Write the figures of the last full `make test` into docs/reliability.md.
+report: $(STAMP)
+	$(BIN)/python -m koiitasks.testing.figures render $(FIGURES) docs/reliability.md
+
+check: lint types test figures
 
 clean:
-	rm -rf $(VENV) .koiitasks .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .koiitasks .mypy_cache .pytest_cache .ruff_cache .figures
