@@ -8,13 +8,15 @@ STAMP  := $(VENV)/.installed
 
 FIGURES := $(CURDIR)/.figures
 
-.PHONY: run check lint types test figures report clean
+.PHONY: install run check lint types test figures report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/koiitasks run examples/hash-puzzle --nodes 50 --rounds 3
@@ -29,7 +31,7 @@ types: $(STAMP)
 
 test: $(STAMP)
 	rm -rf $(FIGURES)
-	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 # The reliability figures the tests counted: printed, and checked against what was asked for.
 figures: $(STAMP)

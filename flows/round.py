@@ -17,6 +17,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from koiitasks.remote import open_remote
 from koiitasks.reports import artifact_key, payouts_table, round_markdown
 from koiitasks.round import DistributionOutcome, RoundEngine
 from koiitasks.round_result import RoundResult
@@ -145,3 +146,24 @@ def sandbox_round(
     sandbox.begin(round_number)
     result = run_round_steps(sandbox.engine, round_number, in_this_thread=workers == 1)
     return result.model_dump_json()
+
+
+@flow(
+    name="koii-remote-round",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner[Any](max_workers=SHARD_CONCURRENCY),  # type: ignore[arg-type]
+    persist_result=False,
+)
+def remote_round(
+    task_dir: str,
+    round_number: int,
+    store: str,
+    key_file: str,
+    skew_tolerance_slots: int = 1,
+) -> str:
+    """Run one round of a task on its registered remote nodes, on the wall clock (the
+    result as JSON text, like :func:`sandbox_round`)."""
+    remote = open_remote(
+        task_dir, store=store, key_file=key_file, skew_tolerance_slots=skew_tolerance_slots
+    )
+    return run_round_steps(remote.engine, round_number).model_dump_json()

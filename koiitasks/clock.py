@@ -40,6 +40,20 @@ class WallClock:
             time.sleep(min(remaining / 1000, 1.0))
 
 
+class OffsetClock:
+    """Another clock shifted by ``offset_ms``: a node whose clock is wrong, for skew tests."""
+
+    def __init__(self, clock: Clock, offset_ms: int) -> None:
+        self.clock = clock
+        self.offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        return self.clock.now_ms() + self.offset_ms
+
+    def sleep_until_ms(self, target_ms: int) -> None:
+        self.clock.sleep_until_ms(target_ms - self.offset_ms)
+
+
 class SimulatedClock:
     """A clock that moves only when advanced; sleeping advances it at once."""
 

@@ -10,6 +10,9 @@ the module that called the third party, with ``raise ... from e``::
     ├── KeyFileError                a key file is missing, malformed or too readable
     ├── NetworkMismatchError        a run asks for another network than the store holds
     ├── RoundError                  a round cannot be run as asked (order, state)
+    │   └── RoundMissed             its window closed before it could start (wall clock)
+    ├── RequestRefused              a node refused an orchestrator's call (HTTP status inside)
+    ├── ClusterError                a Dask cluster cannot be reached or lost a round's shards
     ├── StorageError                anything the store could not do
     │   ├── RecordNotFound          no record under that key
     │   ├── RecordConflict          a create-only key already holds other bytes
@@ -18,7 +21,8 @@ the module that called the third party, with ``raise ... from e``::
     ├── RecordError                 a stored or received record is not valid
     │   ├── MalformedRecord         not canonical JSON of the expected schema
     │   └── SignatureError          the signature does not verify for the signer
-    └── LedgerError                 the ledger breaks an invariant (chain, conservation)
+    ├── LedgerError                 the ledger breaks an invariant (chain, conservation)
+    └── OrchestrationError          the Prefect API refused a request or could not be reached
 
 The CLI maps this tree to exit codes: usage and input errors exit 2, a failed verification 1.
 """
@@ -63,6 +67,25 @@ class RoundError(KoiiTasksError):
     """A round cannot be run as asked."""
 
 
+class RequestRefused(KoiiTasksError):  # noqa: N818 - reads as what happened
+    """A node refused a call: not the orchestrator's, not open now, replayed, malformed.
+
+    ``status`` is the HTTP status ``koiitasks node serve`` answers with.
+    """
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class RoundMissed(RoundError):  # noqa: N818 - reads as what happened
+    """A round's window closed before the round could start: it is missed, not broken."""
+
+
+class ClusterError(KoiiTasksError):
+    """A Dask scheduler cannot be reached, or shards of a round failed on the cluster."""
+
+
 class StorageError(KoiiTasksError):
     """The store could not do what was asked."""
 
@@ -101,3 +124,7 @@ class LedgerError(KoiiTasksError):
     """The ledger breaks an invariant: hash chain, sequence, conservation."""
 
     exit_code = 1
+
+
+class OrchestrationError(KoiiTasksError):
+    """The Prefect API refused a request or could not be reached (deployments, runs, events)."""

@@ -5,15 +5,27 @@ genesis and, for the sandbox, how the simulated network was made. It is written 
 network is created, so a crash half way leaves a store that the next run completes with the
 same bytes. A later run on the same store reuses the network; asking for a different one is an
 error that says so.
+
+A task run on remote nodes (``koiitasks run --remote``) has no simulated network: its record is
+made by the first remote run, with the genesis at the next slot boundary of the wall clock, and
+its nodes register themselves (``koiitasks node register``) with a signed record naming their
+URL and stake. There is no chain here, so a stake is what the node declares.
 """
 
 from __future__ import annotations
 
 import random
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError, RecordNotFound
+from koiitasks.errors import (
+    ConfigError,
+    NetworkMismatchError,
+    RecordConflict,
+    RecordError,
+    RecordNotFound,
+)
 from koiitasks.identity import Keypair
 from koiitasks.nodes.sim import ADVERSARIES, HONEST
 from koiitasks.protocol import NodeRegistration, SandboxNetwork, Signed, TaskRecord, decode, sign
@@ -82,10 +94,13 @@ def open_sandbox_network(
     seed: int | None,
     adversaries: dict[str, int] | None,
     stake: int | None = None,
+    genesis_ms: int = 0,
 ) -> Network:
     """The sandbox network in ``store``: reused when it exists, made when it does not.
 
     ``None`` for a parameter means "whatever the store has" (or the default on a new store).
+    ``genesis_ms`` is the slot clock's origin of a new network: 0 for simulated time, a real
+    instant for simulated nodes on the wall clock (a deployed sandbox).
     """
     layout = Layout(loaded.task_id)
     raw = store.read_or_none(layout.task)
@@ -151,7 +166,7 @@ def open_sandbox_network(
                 task_name=loaded.config.task_name,
                 config=_config_doc(loaded),
                 orchestrator=orchestrator.public_id,
-                genesis_ms=0,
+                genesis_ms=genesis_ms,
                 starting_slot=0,
                 network=spec,
             ),
@@ -185,6 +200,92 @@ def load_network(store: Store, task_id: str, *, orchestrator: str | None = None)
             raise RecordError(f"{key} is not signed by the node it registers")
         nodes[reg.body.node_id] = reg.body
     return Network(record=record, nodes=nodes)
+
+
+def open_remote_network(
+    store: Store, loaded: LoadedTask, orchestrator: Keypair, *, now_ms: int
+) -> Network:
+    """The task record for remote nodes (made on first use) and the nodes registered so far.
+
+    A new record's genesis is the first slot boundary after ``now_ms``, so round 0 starts within
+    a slot. A store made by another orchestrator key, or for a sandbox, is refused.
+    """
+    layout = Layout(loaded.task_id)
+    raw = store.read_or_none(layout.task)
+    if raw is None:
+        slot_ms = loaded.config.slot_ms
+        record = sign(
+            TaskRecord(
+                task_id=loaded.task_id,
+                task_name=loaded.config.task_name,
+                config=_config_doc(loaded),
+                orchestrator=orchestrator.public_id,
+                genesis_ms=(now_ms // slot_ms + 1) * slot_ms,
+                starting_slot=0,
+            ),
+            orchestrator,
+        )
+        store.create(layout.task, record.encode())
+    else:
+        record = decode(raw, TaskRecord, where=layout.task)
+        if record.body.network is not None:
+            raise NetworkMismatchError(
+                f"task {loaded.task_id!r} in {store.url} runs on a sandbox network of "
+                "simulated nodes, not on registered remote nodes",
+                hint="use another --store for remote nodes",
+            )
+        if record.signer != orchestrator.public_id:
+            raise NetworkMismatchError(
+                f"task {loaded.task_id!r} in {store.url} was created by orchestrator "
+                f"{record.signer}, but the --key given is {orchestrator.public_id}",
+                hint="pass the orchestrator key file that created the task, or another --store",
+            )
+        _check_config(record.body, loaded, store.url)
+    network = load_network(store, loaded.task_id, orchestrator=orchestrator.public_id)
+    network.orchestrator_key = orchestrator
+    return network
+
+
+def register_node(
+    store: Store, loaded: LoadedTask, keypair: Keypair, *, url: str, stake: int
+) -> Signed[NodeRegistration]:
+    """Write a node's signed registration for a task: where to reach it and what it stakes."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname or parsed.query:
+        raise ConfigError(
+            f"--url {url!r} is not a node URL",
+            hint="give the base URL `koiitasks node serve` prints, e.g. http://127.0.0.1:8001",
+        )
+    minimum = loaded.config.minimum_stake_amount
+    if stake < minimum or stake <= 0:
+        raise ConfigError(
+            f"stake {stake:,} is below the minimum_stake_amount {minimum:,} of task "
+            f"{loaded.task_id!r}",
+            hint="amounts are in base units (1 KOII = 10^9 ROE)",
+        )
+    layout = Layout(loaded.task_id)
+    registration = sign(
+        NodeRegistration(
+            task_id=loaded.task_id, node_id=keypair.public_id, stake=stake, url=url.rstrip("/")
+        ),
+        keypair,
+    )
+    key = layout.node(keypair.public_id)
+    try:
+        store.create(key, registration.encode())
+    except RecordConflict as e:
+        old = decode(store.read(key), NodeRegistration, where=key).body
+        raise RecordConflict(
+            f"node {keypair.public_id} is already registered for task {loaded.task_id!r} in "
+            f"{store.url} (stake {old.stake:,}, url {old.url})",
+            hint="registrations are create-only; make a new key with `koiitasks node keygen`",
+        ) from e
+    return registration
+
+
+def check_task_config(record: TaskRecord, loaded: LoadedTask, *, where: str) -> None:
+    """Raise :class:`NetworkMismatchError` unless ``record`` holds the task dir's config."""
+    _check_config(record, loaded, where)
 
 
 def _config_doc(loaded: LoadedTask) -> dict[str, Any]:

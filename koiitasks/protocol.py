@@ -329,3 +329,18 @@ class LedgerEntry(Body):
     round_credited: Amount
     total_credited: Amount
     total_slashed: Amount
+
+
+class RoundMissed(Body):
+    """The orchestrator's record that a round did not run in its windows and paid nobody.
+
+    A deployed task writes it when a round's flow run started after its submission window had
+    closed, or when a later round found it unsettled past its deadline; the round's ledger entry
+    then pays and slashes nothing.
+    """
+
+    kind: Literal["round-missed"] = "round-missed"
+    task_id: TaskId
+    round: RoundNumber
+    reason: str
+    recorded_slot: Slot

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from koiitasks.ledger import LedgerState
 from koiitasks.model import Outcome
+from koiitasks.network import Network
 from koiitasks.round_result import RoundResult
 
 
@@ -63,3 +65,39 @@ def round_markdown(result: RoundResult) -> str:
             f"| `{node}` | {n.outcome.value} | {n.slash} | {n.reason} |" for node, n in unpaid
         ]
     return "\n".join(lines)
+
+
+def balances_table(ledger: LedgerState, network: Network) -> list[dict[str, Any]]:
+    """One row per registered node: what the ledger has paid it so far and the stake it has
+    left (a deployed task's "latest balances" artifact)."""
+    registered = {node: reg.stake for node, reg in network.nodes.items()}
+    stakes = ledger.stakes(registered)
+    balances = ledger.balances()
+    paid_rounds = {
+        node: sum(1 for e in ledger.entries if e.body.credits.get(node)) for node in registered
+    }
+    rows = [
+        {
+            "node": node,
+            "behaviour": reg.behaviour,
+            "balance": balances.get(node, 0),
+            "stake": stakes.get(node, 0),
+            "slashed": registered[node] - stakes.get(node, 0),
+            "rounds_paid": paid_rounds[node],
+        }
+        for node, reg in network.nodes.items()
+    ]
+    return sorted(rows, key=lambda row: (-row["balance"], row["node"]))
+
+
+def missed_markdown(task_id: str, round_number: int, reason: str) -> str:
+    """The summary of a round that was recorded as missed."""
+    return "\n".join(
+        [
+            f"# {task_id} round {round_number}: missed",
+            "",
+            f"Round {round_number} did not run in its windows and paid nobody: {reason}.",
+            "",
+            "Its ledger entry, written when a later round settles, credits and slashes nothing.",
+        ]
+    )

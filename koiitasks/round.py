@@ -25,7 +25,7 @@ from koiitasks.distribution import (
     choose_builder,
     choose_list_auditors,
 )
-from koiitasks.errors import RecordError, RoundError
+from koiitasks.errors import RecordError, RoundError, RoundMissed
 from koiitasks.identity import Keypair
 from koiitasks.ingest import (
     ENVELOPE_BYTES,
@@ -99,6 +99,7 @@ class RoundEngine:
         pool: NodePool,
         slot_clock: SlotClock,
         shard_size: int = DEFAULT_SHARD_SIZE,
+        skew_tolerance_slots: int = 1,
     ) -> None:
         # A public id alone makes a read-only engine (replay): it recomputes from the store and
         # refuses, with a RoundError, anything that would need the orchestrator to sign.
@@ -118,6 +119,8 @@ class RoundEngine:
         self.pool = pool
         self.slot_clock = slot_clock
         self.shard_size = shard_size
+        # How far ahead of the orchestrator's clock a node's response slot may be (remote nodes).
+        self.skew_tolerance_slots = skew_tolerance_slots
         self.schedule = Schedule(
             starting_slot=network.task.starting_slot,
             round_time=config.round_time,
@@ -208,6 +211,23 @@ class RoundEngine:
         self._assignments.clear()
         self._reports.clear()
 
+    def forget_round_cache(self, round_number: int) -> None:
+        """Drop what this engine listed about one round, so the next step re-reads the store.
+
+        Call it after shards of the round ran in other processes (Dask workers): this engine
+        then sees the submissions, refusals and audit reports they stored. Stakes and the
+        ledger are not touched (:meth:`refresh` re-reads those).
+        """
+        for cache in (
+            self._tallies,
+            self._accepted,
+            self._answered_nodes,
+            self._assignments,
+            self._reports,
+        ):
+            cache.pop(round_number, None)
+        self._accepted_listed.discard(round_number)
+
     def next_round(self) -> int:
         """The round after the last settled one (0 on a new ledger)."""
         head = self.ledger.head
@@ -257,7 +277,7 @@ class RoundEngine:
         now = self.slot_clock.get_slot()
         key = f"{self.layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
         if now >= window.end and not self.store.exists(key):
-            raise RoundError(
+            raise RoundMissed(
                 f"round {round_number} of task {self.task_id!r} can no longer run: its "
                 f"submission window closed at slot {window.end} and the clock is at slot {now}",
                 hint="it is recorded as missed; run the next round instead",
@@ -279,6 +299,7 @@ class RoundEngine:
             schedule=self.schedule,
             slot_clock=self.slot_clock,
             max_result_bytes=self.config.max_result_bytes,
+            skew_tolerance_slots=self.skew_tolerance_slots,
         )
         records: list[tuple[str, Signed[Any]]] = []
         for reply in self.pool.execute(request, todo):

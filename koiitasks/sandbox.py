@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from koiitasks.clock import Schedule, SimulatedClock, SlotClock
-from koiitasks.errors import RoundError
+from koiitasks.errors import NetworkMismatchError, RoundError
 from koiitasks.network import Network, open_sandbox_network
 from koiitasks.nodes.runtime import NodeRuntime
 from koiitasks.nodes.sim import SimulatedPool
@@ -130,6 +130,12 @@ def build_sandbox(
             store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, stake=stake
         )
     assert network.orchestrator_key is not None
+    if network.task.genesis_ms != 0:
+        raise NetworkMismatchError(
+            f"task {loaded.task_id!r} in {store.url} is deployed on the wall clock "
+            "(koiitasks deploy); a sandbox run on simulated time would write into its rounds",
+            hint="use another --store for sandbox runs",
+        )
     config = loaded.config
     clock = SimulatedClock()
     slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)

@@ -13,12 +13,15 @@ from koiitasks.errors import ConfigError
 
 
 class Settings(BaseSettings):
-    """Where records live and how to reach them."""
+    """Where records live, how to reach them, and where round shards run."""
 
     model_config = SettingsConfigDict(env_prefix="KOII_", extra="ignore")
 
     store: str = Field(".koiitasks", description="store URL: a path, file://, s3://, moto://")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto server)")
+    dask_address: str | None = Field(
+        None, description="Dask scheduler for round shards: tcp://HOST:8786, or local[:N]"
+    )
 
 
 def load_settings() -> Settings:

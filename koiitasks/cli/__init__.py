@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from koiitasks.cli import clock, init, ledger, rounds, run, storage, trace
+from koiitasks.cli import clock, deploy, init, ledger, node, rounds, run, storage, trace
 from koiitasks.cli._common import err
 from koiitasks.errors import KoiiTasksError
 
@@ -30,9 +30,11 @@ app.command()(run.run)
 app.command()(trace.trace)
 app.command()(clock.slot)
 app.command("round")(clock.round_)
+app.command()(deploy.deploy)
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(rounds.app, name="rounds")
 app.add_typer(storage.app, name="storage")
+app.add_typer(node.app, name="node")
 
 
 def main() -> None:

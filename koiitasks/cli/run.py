@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,8 +59,34 @@ def run(
     plain: Annotated[
         bool, typer.Option("--plain", help="Run the rounds without Prefect (no UI, faster start).")
     ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            help="Run execute and audit shards on a Dask cluster: tcp://HOST:8786, or local[:N] "
+            "for N worker processes here. Default: $KOII_DASK_ADDRESS. Needs a Prefect server "
+            "(PREFECT_API_URL).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Run on the nodes registered in the store (`koiitasks node register`), on the "
+            "wall clock, instead of simulated nodes.",
+        ),
+    ] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="With --remote: the orchestrator's key file (`koiitasks node keygen`)."),
+    ] = None,
+    skew_tolerance_slots: Annotated[
+        int,
+        typer.Option(help="With --remote: slots a node's clock may run ahead of ours.", min=0),
+    ] = 1,
 ) -> None:
     """Run rounds of a task in the local sandbox: simulated nodes on a simulated slot clock.
 
@@ -71,6 +98,8 @@ def run(
         koiitasks run examples/hash-puzzle --rounds 5 --json | jq .nodes
         koiitasks run examples/hash-puzzle --adversary lazy=1 --trace lazy
         koiitasks run examples/hash-puzzle --workers 1    # then breakpoint() in a hook stops
+        koiitasks run examples/hash-puzzle --remote --key orchestrator.json --rounds 3
+        koiitasks run examples/hash-puzzle --nodes 10000 --dask tcp://10.0.0.5:8786
     """
     setup_logging(verbose)
     from koiitasks.network import parse_adversaries  # noqa: PLC0415 - keep --help fast
@@ -79,7 +108,26 @@ def run(
 
     if rounds is not None and round_number is not None:
         raise typer.BadParameter("give --rounds or --round, not both")
+    if dask is not None and (plain or remote):
+        raise typer.BadParameter(
+            "--dask runs sandbox rounds' shards as Prefect tasks: not with --plain or --remote"
+        )
     url = store_url(store)
+    if remote:
+        from koiitasks.cli.remote import run_remote  # noqa: PLC0415
+
+        run_remote(
+            task_dir,
+            store=url,
+            key=key,
+            rounds=rounds,
+            round_number=round_number,
+            plain=plain,
+            json_out=json_out,
+            skew_tolerance_slots=skew_tolerance_slots,
+            sandbox_options={"nodes": nodes, "seed": seed, "adversary": adversary},
+        )
+        return
     adversaries = parse_adversaries(adversary) if adversary else None
     options: dict[str, Any] = {
         "store": url,
@@ -94,14 +142,24 @@ def run(
     plan = sandbox.plan(
         rounds=rounds if rounds or round_number is not None else 1, round_number=round_number
     )
-    runner = (
-        _plain_runner(sandbox) if plain else _flow_runner(str(sandbox.loaded.directory), options)
-    )
+    address = None if plain else dask or load_settings().dask_address
+    stack = ExitStack()
+    if address:
+        from koiitasks.cli._dask import dask_round_runner  # noqa: PLC0415 - Dask only when asked
+
+        task_dir_text = str(sandbox.loaded.directory)
+        runner = stack.enter_context(dask_round_runner(task_dir_text, options, address))
+    else:
+        runner = (
+            _plain_runner(sandbox)
+            if plain
+            else _flow_runner(str(sandbox.loaded.directory), options)
+        )
     # A live progress bar would draw over a debugger stopped in a hook (--workers 1).
     show_progress = not json_out and err.is_terminal and workers > 1
     from rich.progress import Progress  # noqa: PLC0415
 
-    with Progress(console=err, transient=True, disable=not show_progress) as progress:
+    with stack, Progress(console=err, transient=True, disable=not show_progress) as progress:
         bar = progress.add_task(f"{sandbox.loaded.task_id}", total=len(plan))
         for number in plan:
             progress.update(bar, description=f"{sandbox.loaded.task_id} round {number}")

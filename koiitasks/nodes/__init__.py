@@ -3,7 +3,8 @@
 A :class:`~koiitasks.nodes.base.NodePool` is the transport seam, as httpx's transports are: the
 round engine hands it signed requests and gets raw reply bytes back, which it checks exactly as
 it would check bytes from a stranger on the network. ``sim`` runs simulated nodes in-process
-(with adversaries); remote pools reach ``koiitasks node serve`` processes over HTTP.
+(with adversaries); ``http`` reaches ``koiitasks node serve`` processes, whose ``server`` (the
+HTTP app) and ``host`` (the checks every call passes) speak the ``wire`` protocol.
 """
 
 from koiitasks.nodes.base import NodePool, Reply

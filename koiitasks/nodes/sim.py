@@ -72,6 +72,7 @@ class SimulatedPool(NodePool):
         seed: int,
         workers: int = 4,
         hook_timeout_s: float = 30.0,
+        live: SlotClock | None = None,
     ) -> None:
         self.runtimes = dict(runtimes)
         # Many simulated nodes failing the same way: say it once per round, not once per node.
@@ -85,6 +86,9 @@ class SimulatedPool(NodePool):
         self.seed = seed
         self.workers = max(1, workers)
         self.hook_timeout_s = hook_timeout_s
+        # On the wall clock (a deployed sandbox) a node stamps its answer with the live slot, as
+        # a real node does when it answers; only ``late`` nodes still claim a drawn late slot.
+        self.live = live
         self._executor = (
             cf.ThreadPoolExecutor(self.workers, thread_name_prefix="koii-node")
             if self.workers > 1
@@ -129,7 +133,10 @@ class SimulatedPool(NodePool):
         return replies
 
     def _answer_clock(self, node_id: str, request: Signed[RoundRequest]) -> SlotClock:
-        """A clock stopped at the slot this node answers in: 1-3 slots after the request."""
+        """A clock stopped at the slot this node answers in: 1-3 slots after the request (or the
+        live slot clock, on the wall clock)."""
+        if self.live is not None and self.behaviour(node_id) != "late":
+            return self.live
         body = request.body
         window_end = self.schedule.execute_window(body.round).end
         if self.behaviour(node_id) == "late":
@@ -137,7 +144,10 @@ class SimulatedPool(NodePool):
         else:
             latency = 1 + _draw(self.seed, node_id, body.round, "latency") % 3
             slot = min(body.request_slot + latency, window_end - 1)
-        return SlotClock(SimulatedClock(slot * self.slot_ms), genesis_ms=0, slot_ms=self.slot_ms)
+        genesis = self.live.genesis_ms if self.live is not None else 0
+        return SlotClock(
+            SimulatedClock(genesis + slot * self.slot_ms), genesis_ms=genesis, slot_ms=self.slot_ms
+        )
 
     # --- execute ---------------------------------------------------------------------------
 

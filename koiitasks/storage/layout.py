@@ -10,6 +10,7 @@
     tasks/{task_id}/rounds/{round:010d}/audits/{auditor}.json
     tasks/{task_id}/rounds/{round:010d}/distributions/{attempt:02d}.json
     tasks/{task_id}/rounds/{round:010d}/distribution-audits/{attempt:02d}/{auditor}.json
+    tasks/{task_id}/rounds/{round:010d}/missed.json
     tasks/{task_id}/ledger/{round:010d}.json
 
 Rounds are zero-padded so that a sorted listing is in round order on every backend.
@@ -105,6 +106,10 @@ class Layout:
     def distribution_audit(self, round_number: int, attempt: int, auditor: str) -> str:
         auditor = _segment(auditor, "auditor id")
         return check_key(f"{self.distribution_audits(round_number, attempt)}{auditor}.json")
+
+    def missed(self, round_number: int) -> str:
+        """A deployed round that did not run in its windows (:class:`~.protocol.RoundMissed`)."""
+        return self.round(round_number) + "missed.json"
 
     @property
     def ledger(self) -> str:

@@ -1,0 +1,165 @@
+"""The round flow with its execute and audit shards on a Dask cluster, through prefect-dask.
+
+The same steps as :mod:`flows.round`, but each shard task runs in a Dask worker process, on this
+machine or another: it gets a :class:`~koiitasks.cluster.SandboxSpec` and the shard's node ids,
+never the engine (:mod:`koiitasks.cluster` says why and how). The orchestrator keeps the steps
+that decide (open, plan, distribute, settle) and re-reads the store after each fan-out.
+
+The flow takes the scheduler address as a parameter or from ``KOII_DASK_ADDRESS`` when the run
+starts, so a deployment picks up the cluster of the machine it runs on; ``local[:N]`` starts a
+cluster of N worker processes for the one run. Dask workers report their task runs to the
+Prefect API, so the run needs a real Prefect server (``PREFECT_API_URL``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.round import distribute, publish, settle
+from koiitasks import cluster
+from koiitasks.cluster import RoundMoment, SandboxSpec
+from koiitasks.errors import ClusterError, ConfigError
+from koiitasks.round import RoundEngine
+from koiitasks.round_result import RoundResult
+from koiitasks.settings import load_settings
+from koiitasks.task import load_task
+
+if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
+    from prefect_dask.task_runners import DaskTaskRunner
+
+T = TypeVar("T")
+
+
+@task(name="execute-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def execute_shard(spec: SandboxSpec, moment: RoundMoment, node_ids: list[str]) -> dict[str, int]:
+    return cluster.execute_shard(spec, moment, node_ids)
+
+
+@task(name="audit-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def audit_shard(
+    spec: SandboxSpec, moment: RoundMoment, assignments: dict[str, list[str]], auditors: list[str]
+) -> int:
+    return cluster.audit_shard(spec, moment, assignments, auditors)
+
+
+def _gather(futures: list[PrefectFuture[T]], step: str) -> list[T]:
+    """Every shard's result; one error naming how many shards failed if any did."""
+    results: list[T] = []
+    errors: list[Exception] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as e:  # noqa: BLE001 - collected, then raised below with the count
+            errors.append(e)
+    if errors:
+        first = errors[0]
+        raise ClusterError(
+            f"{len(errors)} of {len(futures)} {step} shards failed on the Dask cluster "
+            f"(first: {type(first).__name__}: {first})",
+            hint="run the round again: what the finished shards stored is kept, not redone",
+        ) from first
+    return results
+
+
+def run_round_steps_on_dask(
+    runner: DaskTaskRunner, spec: SandboxSpec, engine: RoundEngine, round_number: int
+) -> RoundResult:
+    """The round's steps, execute and audit shards on the runner's cluster; inside a flow."""
+    if engine.is_settled(round_number):
+        result = engine.result(round_number, already_settled=True)
+        publish(result)
+        return result
+    engine.open_round(round_number)
+    moment = RoundMoment.of(engine, round_number)
+    shards = engine.shards(engine.eligible(round_number))
+    _gather(
+        [
+            runner.submit(execute_shard, {"spec": spec, "moment": moment, "node_ids": shard})
+            for shard in shards
+        ],
+        "execute",
+    )
+    engine.forget_round_cache(round_number)  # the workers stored the submissions
+    assignments = engine.plan_audits(round_number)
+    moment = RoundMoment.of(engine, round_number)
+    _gather(
+        [
+            runner.submit(
+                audit_shard,
+                {
+                    "spec": spec,
+                    "moment": moment,
+                    "assignments": {a: assignments[a] for a in shard},
+                    "auditors": shard,
+                },
+            )
+            for shard in engine.shards(sorted(assignments))
+        ],
+        "audit",
+    )
+    engine.forget_round_cache(round_number)  # and the audit reports
+    outcome = distribute(engine, round_number)
+    result = settle(engine, round_number, outcome)
+    publish(result)
+    return result
+
+
+def _run_name() -> str:
+    parameters = flow_run.parameters
+    return f"{load_task(parameters['task_dir']).task_id}-round-{parameters['round_number']}"
+
+
+@flow(
+    name="koii-dask-round",
+    flow_run_name=_run_name,
+    # Shards go to the Dask runner below; the flow's own runner has nothing to fan out.
+    task_runner=ThreadPoolTaskRunner[Any](max_workers=1),  # type: ignore[arg-type]
+    persist_result=False,
+)
+def dask_round(
+    task_dir: str,
+    round_number: int,
+    store: str = ".koiitasks",
+    nodes: int | None = None,
+    seed: int | None = None,
+    adversaries: dict[str, int] | None = None,
+    workers: int = 4,
+    shard_size: int = cluster.DASK_SHARD_SIZE,
+    s3_endpoint_url: str | None = None,
+    dask_address: str | None = None,
+) -> str:
+    """Run one sandbox round with its shards on a Dask cluster; the result as JSON text.
+
+    ``dask_address`` is ``tcp://HOST:PORT`` of a running scheduler, or ``local[:N]``; when
+    omitted, ``KOII_DASK_ADDRESS`` as the run starts.
+    """
+    settings = load_settings()
+    address = dask_address or settings.dask_address
+    if not address:
+        raise ConfigError(
+            "no Dask scheduler to run the round's shards on",
+            hint="set KOII_DASK_ADDRESS=tcp://HOST:8786 (or local:2 to try it on this machine)",
+        )
+    cluster.check_prefect_api(PREFECT_API_URL.value())
+    cluster.check_shared_store(store)
+    spec = SandboxSpec(
+        task_dir=task_dir,
+        store=store,
+        nodes=nodes,
+        seed=seed,
+        adversaries=adversaries,
+        workers=workers,
+        shard_size=shard_size,
+        s3_endpoint_url=s3_endpoint_url or settings.s3_endpoint_url,
+    )
+    sandbox = spec.open()
+    sandbox.begin(round_number)
+    with cluster.scheduler(address) as scheduler, cluster.dask_runner(scheduler) as runner:
+        return run_round_steps_on_dask(runner, spec, sandbox.engine, round_number).model_dump_json()

@@ -1,0 +1,42 @@
+"""`koiitasks run --dask`: rounds whose execute and audit shards run on a Dask cluster.
+
+Kept apart from :mod:`koiitasks.cli.run` so the plain and thread-pool paths never import Dask.
+A ``local[:N]`` cluster is started once for the whole run and stopped when it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from koiitasks.round_result import RoundResult
+
+
+@contextmanager
+def dask_round_runner(
+    task_dir: str, options: dict[str, Any], address: str
+) -> Iterator[Callable[[int], RoundResult]]:
+    """A function that runs one round as a ``koii-dask-round`` flow on the cluster at
+    ``address`` (a scheduler's ``tcp://HOST:PORT`` or ``local[:N]``)."""
+    from prefect.settings import (  # noqa: PLC0415 - keep --help fast
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+
+    from flows.dask import dask_round  # noqa: PLC0415
+    from koiitasks import cluster  # noqa: PLC0415
+
+    cluster.check_prefect_api(PREFECT_API_URL.value())
+    with cluster.scheduler(address) as scheduler:
+
+        def run_one(number: int) -> RoundResult:
+            # The heartbeat only matters to a server watching long runs; it adds ~1 s per run.
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                data = dask_round(
+                    task_dir=task_dir, round_number=number, dask_address=scheduler, **options
+                )
+            return RoundResult.model_validate_json(data)
+
+        yield run_one

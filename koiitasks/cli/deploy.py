@@ -1,0 +1,154 @@
+"""`koiitasks deploy`: run a task for real, one Prefect flow run per round, on its slot clock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+from uuid import UUID
+
+import typer
+
+from koiitasks.cli._common import StoreOption, err, out, setup_logging, store_url
+from koiitasks.deployment import DEFAULT_LEAD_MS, DEFAULT_PREFETCH_S
+from koiitasks.errors import ConfigError
+
+
+def deploy(
+    task_dir: Annotated[Path, typer.Argument(help="Folder with config-task.yml and task.py.")],
+    store: StoreOption = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            help="Run N simulated nodes inside each round's flow, on the wall clock (demos, "
+            "tests). Without it: the nodes registered in the store.",
+            min=2,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the simulated nodes' keys (with --nodes).")
+    ] = None,
+    adversary: Annotated[
+        list[str] | None,
+        typer.Option(help="KIND=COUNT misbehaving simulated nodes; repeatable (with --nodes)."),
+    ] = None,
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--work-pool",
+            help="Register the deployment for workers of this pool (made as a `process` pool "
+            "if missing) instead of serving it here.",
+        ),
+    ] = None,
+    start_in: Annotated[
+        float,
+        typer.Option(help="On a first deploy: seconds from now to round 0's first slot.", min=1),
+    ] = DEFAULT_LEAD_MS / 1000,
+    prefetch: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before its round a flow run's process is started (it needs a few "
+            "to start, more on a busy machine).",
+            min=1,
+        ),
+    ] = DEFAULT_PREFETCH_S,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefect-yaml",
+            help="Write the same deployment as a prefect.yaml (for `prefect deploy`, with "
+            "--work-pool) to this file instead of deploying.",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+) -> None:
+    """Deploy a task: a Prefect deployment, named after the task, that starts one round flow
+    run every `round_time` slots, each at its round's first slot.
+
+    Rounds overlap as Koii's gradual consensus says (about three are live at once) and are
+    watched in the Prefect UI: runs named `TASK-round-N`, artifacts per round, the task's
+    balances, events for slashes, rejected lists and missed rounds. Needs a Prefect server:
+    `PREFECT_API_URL` names it (`infra/stack.sh start` starts one). Examples:
+
+        koiitasks deploy examples/hash-puzzle --store ./deployed --nodes 8
+        koiitasks deploy examples/hash-puzzle --store ./deployed --work-pool rounds
+    """
+    # A long-running service: its log is the rounds' log (summaries, unpaid nodes by id).
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    setup_logging(verbose)
+    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415 - keep --help fast
+
+    from koiitasks import deployment, serving  # noqa: PLC0415
+    from koiitasks.network import parse_adversaries  # noqa: PLC0415
+
+    api_url = PREFECT_API_URL.value()
+    if prefect_yaml is not None and not work_pool:
+        raise ConfigError(
+            "--prefect-yaml needs --work-pool: `prefect deploy` registers deployments for "
+            "workers of a pool",
+            hint="add --work-pool NAME (`prefect work-pool create NAME --type process` makes it)",
+        )
+    if not api_url and prefect_yaml is None:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: a deployment needs a running Prefect server",
+            hint="start one with `infra/stack.sh start`, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`",
+        )
+    url = store_url(store)
+    deployment.prepare_deployed_task(
+        task_dir,
+        url,
+        nodes=nodes,
+        seed=seed,
+        adversaries=parse_adversaries(adversary) if adversary else None,
+        lead_ms=int(start_in * 1000),
+    )
+    plan = deployment.plan_deployment(task_dir, url, prefetch_s=prefetch)
+    if prefect_yaml is not None and work_pool:
+        prefect_yaml.write_text(serving.prefect_yaml(plan, work_pool=work_pool))
+        out.print(f"wrote {prefect_yaml}", markup=False, highlight=False)
+        return
+    engine = deployment.open_deployed_engine(task_dir, url)
+
+    def ready(deployment_id: UUID, lines: list[str]) -> None:
+        now_round = plan.round_at_ms(engine.slot_clock.clock.now_ms())
+        out.print(
+            f"deployment koii-deployed-round/{plan.name} ({deployment_id}): a round every "
+            f"{plan.round_ms / 1000:g} s ({plan.schedule.round_time} slots of {plan.slot_ms} ms) "
+            f"from round 0 at {plan.anchor.isoformat(timespec='milliseconds')}; now in round "
+            f"{max(0, now_round)}; at most {plan.concurrency_limit} runs at once\n"
+            f"store: {url}\nUI: {str(api_url).removesuffix('/api')}/deployments",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        for line in lines:
+            out.print(line, markup=False, highlight=False)
+
+    try:
+        if work_pool and serving.ensure_work_pool(work_pool):
+            err.print(f"made work pool {work_pool!r} (type process)", highlight=False)
+        runner = serving.runner_deployment(plan, work_pool=work_pool)
+        if work_pool:
+            deployment_id = serving.apply(runner, work_pool=work_pool)
+            serving.schedule_now(deployment_id)
+            ready(deployment_id, serving.recover_and_report(plan, engine, deployment_id))
+            out.print(
+                f"registered for work pool {work_pool!r}; start a worker: "
+                f"prefect worker start --pool {work_pool}",
+                markup=False,
+                highlight=False,
+            )
+            return
+
+        def serving_ready(deployment_id: UUID, lines: list[str]) -> None:
+            ready(deployment_id, lines)
+            out.print("serving; stop with Ctrl-C or SIGTERM", markup=False, highlight=False)
+
+        def say(lines: list[str]) -> None:
+            for line in lines:
+                err.print(line, markup=False, highlight=False)
+
+        serving.serve(plan, runner, engine, on_ready=serving_ready, say=say)
+    finally:
+        engine.pool.close()

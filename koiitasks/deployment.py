@@ -1,0 +1,270 @@
+"""A deployed task: its real slot clock, its schedule, and the engine its rounds run on.
+
+``koiitasks deploy`` gives a task a genesis: a real instant, on a slot boundary and a little
+ahead, so that round 0 has a flow run waiting for it. From then on round N starts at
+``genesis + (starting_slot + N * round_time) * slot_ms``, to the millisecond. The Prefect
+schedule is an interval of ``round_time * slot_ms`` anchored at round 0's first slot, so every
+scheduled run is due at its round's first slot, and works out its round from its scheduled
+start (not from when it happened to start), so a late run still knows which round it is.
+
+:func:`open_deployed_engine` is the seam between a deployment and its nodes: it builds the engine
+that the task record in the store calls for. A record of a sandbox network means simulated nodes
+run inside the flow on the wall clock (demos and tests); a record without one means the nodes
+registered in the store, reached over HTTP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from koiitasks.clock import Clock, Schedule, SlotClock, WallClock
+from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
+from koiitasks.live import LiveEngine
+from koiitasks.network import Network, load_network, open_sandbox_network
+from koiitasks.nodes.runtime import NodeRuntime
+from koiitasks.nodes.sim import SimulatedPool
+from koiitasks.protocol import TaskRecord, decode
+from koiitasks.storage import Layout, Store, open_store
+from koiitasks.task import LoadedTask, load_task
+
+#: How far ahead of ``koiitasks deploy`` round 0 starts: time for the server to schedule it
+#: and for the serve process to start its flow run.
+DEFAULT_LEAD_MS = 20_000
+
+#: Genesis falls on a whole second as well as a slot boundary if that costs at most this much.
+ALIGN_WITHIN_MS = 10_000
+
+#: How long before its round a flow run's process is started (Prefect's prefetch). A flow-run
+#: process needs a few seconds of CPU to import Prefect and start, far more on a busy machine;
+#: it then waits, idle, for its round's first slot. Each waiting process holds ~150 MB.
+DEFAULT_PREFETCH_S = 15.0
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What Prefect needs to know to start one flow run per round of a deployed task."""
+
+    task_id: str
+    task_dir: str
+    store: str
+    genesis_ms: int
+    schedule: Schedule
+    slot_ms: int
+    prefetch_s: float = DEFAULT_PREFETCH_S
+
+    @property
+    def name(self) -> str:
+        """The deployment's name: the task id."""
+        return self.task_id
+
+    @property
+    def round_ms(self) -> int:
+        return self.schedule.round_time * self.slot_ms
+
+    @property
+    def interval(self) -> dt.timedelta:
+        return dt.timedelta(milliseconds=self.round_ms)
+
+    @property
+    def anchor(self) -> dt.datetime:
+        """Round 0's first slot, as the schedule's anchor date."""
+        start_ms = self.genesis_ms + self.schedule.round_start(0) * self.slot_ms
+        return dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.UTC)
+
+    @property
+    def tags(self) -> list[str]:
+        return [self.task_id, "koiitasks"]
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return {"task_dir": self.task_dir, "store": self.store}
+
+    @property
+    def live_rounds(self) -> int:
+        """Rounds alive at once: each lives from its first slot to N+2's distribution audit."""
+        s = self.schedule
+        return math.ceil((2 * s.round_time + s.submission_window + s.audit_window) / s.round_time)
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Flow runs of the deployment at once: the live rounds, the ones already started and
+        waiting for their first slot, and one for a rerun after a restart."""
+        waiting = math.ceil(self.prefetch_s * 1000 / self.round_ms)
+        return self.live_rounds + waiting + 1
+
+    @property
+    def poll_s(self) -> float:
+        """How often the serve process asks the server for due runs."""
+        return max(1.0, min(5.0, self.prefetch_s / 3))
+
+    def round_at_ms(self, ms: int) -> int:
+        """The round whose first slot is nearest ``ms`` (a scheduled start is exactly one)."""
+        slot = (ms - self.genesis_ms + self.slot_ms // 2) // self.slot_ms
+        return max(0, self.schedule.round_of(slot))
+
+    def round_starting_at_ms(self, ms: int) -> int | None:
+        """The round that starts at ``ms`` (to half a slot), or None: a start from another
+        schedule (an earlier deploy of the task to another store) or before round 0."""
+        number = self.round_at_ms(ms)
+        if abs(ms - self.round_start_ms(number)) > self.slot_ms // 2:
+            return None
+        return number
+
+    def round_start_ms(self, round_number: int) -> int:
+        return self.genesis_ms + self.schedule.round_start(round_number) * self.slot_ms
+
+
+def aligned_genesis(now_ms: int, slot_ms: int, lead_ms: int = DEFAULT_LEAD_MS) -> int:
+    """The first slot boundary at least ``lead_ms`` from now; on a whole second too when that
+    is at most :data:`ALIGN_WITHIN_MS` away, so the UI's times read cleanly."""
+    both = math.lcm(slot_ms, 1000)
+    step = both if both <= ALIGN_WITHIN_MS else slot_ms
+    return -(-(now_ms + lead_ms) // step) * step
+
+
+def read_task_record(store: Store, loaded: LoadedTask) -> TaskRecord | None:
+    raw = store.read_or_none(Layout(loaded.task_id).task)
+    return None if raw is None else decode(raw, TaskRecord, where=Layout(loaded.task_id).task).body
+
+
+def prepare_deployed_task(
+    task_dir: Path | str,
+    store_url: str,
+    *,
+    nodes: int | None = None,
+    seed: int | None = None,
+    adversaries: dict[str, int] | None = None,
+    lead_ms: int = DEFAULT_LEAD_MS,
+    clock: Clock | None = None,
+) -> Network:
+    """The task record a deployment runs from: made on the first deploy (with a real genesis),
+    checked on the next ones."""
+    loaded = load_task(task_dir)
+    store = open_store(store_url)
+    record = read_task_record(store, loaded)
+    if record is None and nodes is None:
+        raise ConfigError(
+            f"no task {loaded.task_id!r} in {store.url} and no --nodes",
+            hint="give --nodes N to run N simulated nodes on the wall clock, or register "
+            "remote nodes in the store first",
+        )
+    if record is not None and record.network is None:
+        if nodes is not None or seed is not None or adversaries:
+            raise NetworkMismatchError(
+                f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes",
+                hint="drop --nodes, --seed and --adversary, or use another --store",
+            )
+        return load_network(store, loaded.task_id, orchestrator=record.orchestrator)
+    if record is not None and record.genesis_ms == 0:
+        raise NetworkMismatchError(
+            f"{store.url} holds sandbox rounds of task {loaded.task_id!r} on simulated time "
+            "(koiitasks run); a deployment runs on the wall clock",
+            hint="deploy with another --store",
+        )
+    genesis = aligned_genesis((clock or WallClock()).now_ms(), loaded.config.slot_ms, lead_ms)
+    return open_sandbox_network(
+        store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, genesis_ms=genesis
+    )
+
+
+def plan_deployment(
+    task_dir: Path | str, store_url: str, *, prefetch_s: float = DEFAULT_PREFETCH_S
+) -> DeploymentPlan:
+    """The deployment of a task that ``koiitasks deploy`` prepared in the store."""
+    loaded = load_task(task_dir)
+    store = open_store(store_url)
+    record = read_task_record(store, loaded)
+    if record is None:
+        raise RecordError(
+            f"task {loaded.task_id!r} was never deployed to {store.url}",
+            hint="run `koiitasks deploy TASK_DIR --store ...` first",
+        )
+    config = loaded.config
+    return DeploymentPlan(
+        task_id=loaded.task_id,
+        task_dir=str(loaded.directory),
+        store=store_url,
+        genesis_ms=record.genesis_ms,
+        schedule=Schedule(
+            starting_slot=record.starting_slot,
+            round_time=config.round_time,
+            submission_window=config.submission_window,
+            audit_window=config.audit_window,
+        ),
+        slot_ms=config.slot_ms,
+        prefetch_s=prefetch_s,
+    )
+
+
+def open_deployed_engine(
+    task_dir: Path | str, store_url: str, *, workers: int = 4, clock: Clock | None = None
+) -> LiveEngine:
+    """The engine for a deployed task's rounds, on the nodes its task record names."""
+    loaded = load_task(task_dir)
+    store = open_store(store_url)
+    record = read_task_record(store, loaded)
+    if record is None or record.genesis_ms == 0:
+        raise RecordError(
+            f"task {loaded.task_id!r} is not deployed in {store.url}",
+            hint="run `koiitasks deploy TASK_DIR --store ...` first",
+        )
+    if record.network is None:
+        raise ConfigError(
+            f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes, which "
+            "deployed rounds cannot reach in this version",
+            hint="deploy simulated nodes with --nodes N on another --store",
+        )
+    return _simulated_on_wall_clock(loaded, store, workers=workers, clock=clock or WallClock())
+
+
+def _simulated_on_wall_clock(
+    loaded: LoadedTask, store: Store, *, workers: int, clock: Clock
+) -> LiveEngine:
+    """Simulated nodes, run inside the flow, answering on the real slot clock."""
+    network = open_sandbox_network(store, loaded, nodes=None, seed=None, adversaries=None)
+    assert network.orchestrator_key is not None
+    config = loaded.config
+    slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
+    schedule = Schedule(
+        starting_slot=network.task.starting_slot,
+        round_time=config.round_time,
+        submission_window=config.submission_window,
+        audit_window=config.audit_window,
+    )
+    runtimes = {
+        node_id: NodeRuntime(
+            loaded,
+            key,
+            schedule=schedule,
+            slot_clock=slot_clock,
+            orchestrator=network.orchestrator_key.public_id,
+        )
+        for node_id, key in network.keys.items()
+    }
+    assert network.task.network is not None
+    pool = SimulatedPool(
+        runtimes,
+        network.behaviours(),
+        schedule=schedule,
+        slot_ms=config.slot_ms,
+        clock=clock,
+        seed=network.task.network.seed,
+        workers=workers,
+        # Answers are due before the submission window closes.
+        hook_timeout_s=max(
+            1.0, (config.round_time + config.submission_window) * config.slot_ms / 1000
+        ),
+        live=slot_clock,
+    )
+    return LiveEngine(
+        config=config,
+        store=store,
+        network=network,
+        orchestrator=network.orchestrator_key,
+        pool=pool,
+        slot_clock=slot_clock,
+    )

@@ -1,0 +1,269 @@
+"""After a restart: re-run the rounds whose flow runs died, record the ones that are gone.
+
+A flow run of a deployed round claims its process when it starts (``host:pid`` in the run's
+``infrastructure_pid``). When ``koiitasks deploy`` starts serving (or registers for a work pool)
+it looks at the deployment's unfinished runs:
+
+- A pending or running run whose claimed process is gone from this host (the serve process was
+  killed with its children, the machine rebooted), or that never claimed one and has not moved
+  for :data:`UNCLAIMED_AFTER_S`, is marked Crashed. If its round can still settle (before
+  :meth:`~koiitasks.live.LiveEngine.settle_deadline`), a new run of the same round is created:
+  every step of a round reads back what the store holds, so the rerun finishes the round with
+  the bytes the first run would have written, and the ledger's create-only entry pays it once.
+- A scheduled run whose round's execute window has already closed (the deployment was down) is
+  cancelled and its round recorded as missed, with an event, instead of being run late.
+
+Runs claimed on another host are left alone: only that host can tell whether they are alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from koiitasks.deployment import DeploymentPlan
+from koiitasks.errors import OrchestrationError
+from koiitasks.events import EventSpec, missed_event
+from koiitasks.live import LiveEngine
+
+NOT_A_ROUND = (
+    "not due at a round's first slot of this deployment (before round 0, or left from an "
+    "earlier deploy of the task)"
+)
+
+log = logging.getLogger("koiitasks.recovery")
+
+#: A pending or running run that has not claimed a process this long after its last state
+#: change is taken as dead (a live one claims within a second or two of its process starting).
+UNCLAIMED_AFTER_S = 60.0
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery did, for the command line to print."""
+
+    crashed: list[int] = field(default_factory=list)
+    rerun: list[int] = field(default_factory=list)
+    missed: list[int] = field(default_factory=list)
+    stray: int = 0
+    rerun_ids: list[UUID] = field(default_factory=list)
+    events: list[EventSpec] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.crashed:
+            out.append(f"runs of {_rounds(self.crashed)} had died: marked crashed")
+        if self.rerun:
+            out.append(f"{_rounds(self.rerun)}: re-run from the store")
+        if self.missed:
+            out.append(f"{_rounds(self.missed)} came due while down: recorded as missed")
+        if self.stray:
+            out.append(f"{self.stray} scheduled runs fall between rounds: cancelled")
+        return out
+
+
+def _rounds(numbers: list[int]) -> str:
+    unique = sorted(set(numbers))
+    return ("round " if len(unique) == 1 else "rounds ") + ", ".join(map(str, unique))
+
+
+@contextlib.contextmanager
+def prefect_api(what: str) -> Iterator[None]:
+    """Turn an httpx or Prefect HTTP error while doing ``what`` into an OrchestrationError."""
+    try:
+        yield
+    except httpx.HTTPError as e:
+        raise OrchestrationError(
+            f"the Prefect API could not {what}: {e}",
+            hint="check that the server PREFECT_API_URL names is up (`infra/stack.sh status`)",
+        ) from e
+
+
+def process_claim() -> str:
+    """What a flow run's process writes as its ``infrastructure_pid``: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_flow_run(flow_run_id: UUID | str) -> bool:
+    """Record this process as the one running the flow run; False if the API was away (the
+    run goes on; only recovery after a crash loses the claim)."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415 - Prefect at the edge
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(str(flow_run_id)), infrastructure_pid=process_claim())
+    except httpx.HTTPError as e:
+        log.warning("flow run %s: could not claim its process: %s", flow_run_id, e)
+        return False
+    return True
+
+
+def claimed_process_alive(claim: str | None) -> bool | None:
+    """True or False for a claim made on this host; None when this host cannot tell."""
+    if not claim or ":" not in claim:
+        return None
+    host, _, pid = claim.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process nobody has reaped yet still answers ``kill(pid, 0)``."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in {"Z", "X"}
+
+
+def recover(
+    plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID, *, starting: bool = True
+) -> RecoveryReport:
+    """Crash and re-run the deployment's dead runs; cancel and record the runs that came due
+    while nothing ran them (see the module docstring).
+
+    ``starting`` is for a serve process that has not started any run yet: a run that never
+    claimed a process is then dead if it is old. While serving (``starting=False``) such runs
+    may still be starting, so only claimed-and-gone runs count, and runs that Prefect already
+    marked crashed (a flow-run process that lost the API while the server restarted) are
+    re-run if their round can still settle.
+    """
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.client.schemas.filters import (  # noqa: PLC0415
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+
+    report = RecoveryReport()
+    now_ms = engine.slot_clock.clock.now_ms()
+    # Older runs are past their rounds' deadlines: nothing left to re-run or record.
+    since = dt.datetime.fromtimestamp(
+        (now_ms - (plan.live_rounds + 2) * plan.round_ms) / 1000, tz=dt.UTC
+    )
+    wanted = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CRASHED]
+    recent = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=wanted)),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+    )
+    with prefect_api("recover the deployment's runs"), get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=recent, limit=200):
+            state = run.state
+            number = _round_of(plan, run)
+            if state is None:
+                continue
+            if number is None:
+                _cancel_stray(client, run, report)
+            elif state.type == StateType.SCHEDULED:
+                _missed_while_down(client, engine, run, number, report)
+            elif state.type == StateType.CRASHED:
+                _rerun(client, plan, engine, deployment_id, run, number, report)
+            elif _is_dead(run, state.timestamp, now_ms=now_ms, starting=starting):
+                _crash(client, run, number, report)
+                _rerun(client, plan, engine, deployment_id, run, number, report)
+    return report
+
+
+def _round_of(plan: DeploymentPlan, run: Any) -> int | None:
+    given = (run.parameters or {}).get("round_number")
+    if isinstance(given, int):
+        return given
+    start = run.expected_start_time or run.created
+    return plan.round_starting_at_ms(int(start.timestamp() * 1000))
+
+
+def _cancel_stray(client: Any, run: Any, report: RecoveryReport) -> None:
+    """A run due between rounds: before round 0 (the schedule's grid reaches back past its
+    anchor) or on an older grid (an earlier deploy of the task to another store)."""
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+    from prefect.states import Cancelled  # noqa: PLC0415
+
+    if run.state is not None and run.state.type == StateType.SCHEDULED:
+        client.set_flow_run_state(run.id, Cancelled(message=NOT_A_ROUND), force=True)
+        report.stray += 1
+
+
+def _is_dead(run: Any, since: dt.datetime | None, *, now_ms: int, starting: bool) -> bool:
+    alive = claimed_process_alive(run.infrastructure_pid)
+    if alive is not None:
+        return not alive
+    if run.infrastructure_pid or not starting:  # claimed on another host, or still starting
+        return False
+    if since is None:
+        return True
+    return now_ms - since.timestamp() * 1000 > UNCLAIMED_AFTER_S * 1000
+
+
+def _crash(client: Any, run: Any, number: int, report: RecoveryReport) -> None:
+    from prefect.states import Crashed  # noqa: PLC0415
+
+    client.set_flow_run_state(
+        run.id,
+        Crashed(message=f"the process running round {number} stopped; koiitasks deploy found it"),
+        force=True,
+    )
+    report.crashed.append(number)
+
+
+def _rerun(
+    client: Any,
+    plan: DeploymentPlan,
+    engine: LiveEngine,
+    deployment_id: UUID,
+    run: Any,
+    number: int,
+    report: RecoveryReport,
+) -> None:
+    """A new run of the round, unless it settled or is past its deadline (a later round
+    records it missed); one per crashed run, whoever asks (the idempotency key)."""
+    if engine.is_settled(number) or engine.slot_clock.get_slot() >= engine.settle_deadline(number):
+        return
+    rerun = client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters={"round_number": number},
+        name=f"{plan.task_id}-round-{number}",
+        tags=[*plan.tags, "rerun"],
+        idempotency_key=f"rerun-{run.id}",
+    )
+    report.rerun.append(number)
+    report.rerun_ids.append(rerun.id)
+
+
+def _missed_while_down(
+    client: Any, engine: LiveEngine, run: Any, number: int, report: RecoveryReport
+) -> None:
+    from prefect.states import Cancelled  # noqa: PLC0415
+
+    why = engine.missed_reason(number)
+    if why is None:
+        return  # still due, or already opened: the run goes ahead
+    reason = f"nothing ran it before its submission window closed ({why})"
+    client.set_flow_run_state(
+        run.id, Cancelled(message=f"round {number} missed: {reason}"), force=True
+    )
+    before = len(engine.recorded_missed)
+    missed = engine.note_missed(number, reason)
+    report.missed.append(number)
+    if len(engine.recorded_missed) > before:
+        report.events.append(missed_event(engine.task_id, number, missed.reason))

@@ -1,0 +1,217 @@
+"""A deployed task as a Prefect deployment: served in the foreground, or registered for workers.
+
+The deployment is named after the task and runs ``flows.deployed:deployed_round`` (imported by
+module path, so serve's and a worker's child processes load the installed koiitasks). Its
+schedule is an interval of one round anchored at round 0's first slot; its concurrency limit
+(``ENQUEUE``) leaves room for the rounds that are alive at once and no more, so after downtime
+the rounds that came due are recorded as missed rather than run late in a burst. Before serving
+or after registering, :func:`~koiitasks.recovery.recover` deals with runs a restart left behind.
+
+Prefect settings worth knowing (``infra/stack.sh`` sets them): the server should keep
+concurrency leases on disk (``PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=...filesystem``), or a
+server restart forgets them and a round that renews its lease afterwards is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from koiitasks.deployment import DeploymentPlan
+from koiitasks.events import emit
+from koiitasks.live import LiveEngine
+from koiitasks.recovery import RecoveryReport, prefect_api, recover
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+#: Flow-run processes get the koiitasks loggers (node ids, refusals) in the Prefect UI.
+FLOW_RUN_ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "koiitasks"}
+
+
+def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> RunnerDeployment:
+    """The Prefect deployment of a planned task."""
+    from prefect.client.schemas.objects import (  # noqa: PLC0415 - Prefect only when deploying
+        ConcurrencyLimitConfig,
+        ConcurrencyLimitStrategy,
+    )
+    from prefect.schedules import Interval  # noqa: PLC0415
+    from prefect.types.entrypoint import EntrypointType  # noqa: PLC0415
+
+    from flows.deployed import deployed_round  # noqa: PLC0415
+
+    deployment: RunnerDeployment = deployed_round.to_deployment(  # type: ignore[assignment]
+        name=plan.name,
+        schedule=Interval(plan.interval, anchor_date=plan.anchor, timezone="UTC"),
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=plan.concurrency_limit, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+        parameters=plan.parameters,
+        tags=plan.tags,
+        description=_description(plan),
+        work_pool_name=work_pool,
+        job_variables={"env": FLOW_RUN_ENV} if work_pool else None,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return deployment
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create a ``process`` work pool of that name unless it exists; whether it was created."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    with prefect_api(f"find or make work pool {name!r}"), get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            return True
+    return False
+
+
+def apply(deployment: RunnerDeployment, *, work_pool: str | None = None) -> UUID:
+    """Create or update the deployment on the server; its id. (Prefect drops the deployment's
+    future scheduled runs on every update; :func:`schedule_now` makes them again at once.)"""
+    with prefect_api(f"create deployment {deployment.name!r}"):
+        deployment_id: UUID = deployment.apply(work_pool_name=work_pool)  # type: ignore[assignment]
+    return deployment_id
+
+
+def schedule_now(deployment_id: UUID) -> None:
+    """Have the server make the deployment's next scheduled runs now, not at its next loop."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+
+    with prefect_api("schedule the deployment's runs"), get_client(sync_client=True) as client:
+        client.request("POST", "/deployments/{id}/schedule", path_params={"id": deployment_id})
+
+
+def recover_and_report(
+    plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID, *, starting: bool = True
+) -> list[str]:
+    """Run recovery, send its events, and say what it did."""
+    report: RecoveryReport = recover(plan, engine, deployment_id, starting=starting)
+    emit(report.events)
+    return report.lines()
+
+
+class Watch(threading.Thread):
+    """While serving, recovery once a round: re-runs rounds whose flow-run process died (a
+    server restart cuts a starting process off the API) while their round can still settle."""
+
+    def __init__(
+        self,
+        plan: DeploymentPlan,
+        engine: LiveEngine,
+        deployment_id: UUID,
+        say: Callable[[list[str]], None],
+    ) -> None:
+        super().__init__(name="koiitasks-recovery", daemon=True)
+        self.plan, self.engine, self.deployment_id, self.say = plan, engine, deployment_id, say
+        self.stopped = threading.Event()
+        self._announced: set[UUID] = set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(max(5.0, self.plan.round_ms / 1000)):
+            try:
+                report = recover(self.plan, self.engine, self.deployment_id, starting=False)
+            except Exception as e:  # noqa: BLE001 - the server may be restarting: next round
+                self.say([f"recovery skipped this round: {type(e).__name__}: {e}"])
+                continue
+            emit(report.events)
+            new = [i for i in report.rerun_ids if i not in self._announced]
+            self._announced.update(new)
+            if new or report.missed or report.crashed:
+                report.rerun = report.rerun if new else []
+                self.say(report.lines())
+
+
+def serve(
+    plan: DeploymentPlan,
+    deployment: RunnerDeployment,
+    engine: LiveEngine,
+    *,
+    on_ready: Callable[[UUID, list[str]], None] = lambda _id, _lines: None,
+    say: Callable[[list[str]], None] = lambda _lines: None,
+) -> None:
+    """Serve the deployment in this process until SIGTERM or Ctrl-C, as Prefect's ``serve``
+    does, with recovery between registering the deployment and polling for its runs.
+
+    Flow-run processes inherit this process's environment, so the caller sets
+    :data:`FLOW_RUN_ENV` there (the CLI's logging set-up does).
+    """
+    from prefect.exceptions import TerminationSignal  # noqa: PLC0415
+    from prefect.runner import Runner  # noqa: PLC0415
+
+    runner = Runner(
+        name=f"koiitasks-{plan.task_id}",
+        limit=plan.concurrency_limit,
+        query_seconds=plan.poll_s,
+        prefetch_seconds=plan.prefetch_s,
+        pause_on_shutdown=True,
+    )
+    with prefect_api(f"create deployment {deployment.name!r}"):
+        deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
+    schedule_now(deployment_id)
+    lines = recover_and_report(plan, engine, deployment_id)
+    on_ready(deployment_id, lines)
+    watch = Watch(plan, engine, deployment_id, say)
+    watch.start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+            asyncio.run(runner.start())
+    finally:
+        watch.stopped.set()
+
+
+def prefect_yaml(plan: DeploymentPlan, *, work_pool: str) -> str:
+    """The same deployment as a ``prefect.yaml`` for ``prefect deploy`` (workers of a pool run
+    it from this checkout, which ``flows/`` and ``koiitasks/`` are imported from)."""
+    import yaml  # noqa: PLC0415
+
+    checkout = Path(__file__).resolve().parents[1]
+    document = {
+        "name": "koiitasks",
+        "prefect-version": "3.9.1",
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(checkout)}}],
+        "deployments": [
+            {
+                "name": plan.name,
+                "entrypoint": "flows/deployed.py:deployed_round",
+                "description": _description(plan),
+                "tags": plan.tags,
+                "parameters": plan.parameters,
+                "schedules": [
+                    {
+                        "interval": plan.round_ms / 1000,
+                        "anchor_date": plan.anchor.isoformat(),
+                        "timezone": "UTC",
+                    }
+                ],
+                "concurrency_limit": {
+                    "limit": plan.concurrency_limit,
+                    "collision_strategy": "ENQUEUE",
+                },
+                "work_pool": {"name": work_pool, "job_variables": {"env": FLOW_RUN_ENV}},
+            }
+        ],
+    }
+    header = (
+        f"# Rounds of task {plan.task_id} as a Prefect deployment, made by `koiitasks deploy "
+        "--prefect-yaml`.\n# Deploy it with `prefect deploy --all --prefect-file THIS_FILE`; "
+        "the anchor is round 0's first slot,\n# the genesis recorded in the store.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False)
+
+
+def _description(plan: DeploymentPlan) -> str:
+    return (
+        f"Rounds of task {plan.task_id}: one flow run every {plan.schedule.round_time} slots "
+        f"of {plan.slot_ms} ms, from round 0 at {plan.anchor.isoformat()}"
+    )

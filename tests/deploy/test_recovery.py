@@ -1,0 +1,198 @@
+"""Specification of :mod:`koiitasks.recovery` against a Prefect API (the session's harness):
+which of a deployment's runs are crashed, re-run, cancelled or left alone after a restart.
+
+The task has one-minute rounds and the clock is the real one, half way into round 10, so every
+run below is unambiguously before, in or after its round's windows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed, Running, Scheduled
+
+from koiitasks import recovery
+from koiitasks.clock import SimulatedClock, WallClock
+from koiitasks.deployment import (
+    DeploymentPlan,
+    open_deployed_engine,
+    plan_deployment,
+    prepare_deployed_task,
+)
+from koiitasks.events import ROUND_MISSED
+from koiitasks.live import LiveEngine
+from koiitasks.serving import apply, runner_deployment
+from koiitasks.storage import Layout, open_store
+from koiitasks.testing import write_task
+from tests.conftest import HASH_PUZZLE
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+MINUTE_ROUNDS = {
+    "round_time": 60,
+    "submission_window": 20,
+    "audit_window": 20,
+    "slot_ms": 1000,
+    "minimum_stake_amount": 100,
+    "total_bounty_amount": 1_000_000,
+    "bounty_amount_per_round": 1_000,
+}
+
+
+_deployments = itertools.count()
+
+
+def dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+class Deployment:
+    """A task deployed ten and a half rounds ago, and helpers to make runs of it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        source = (HASH_PUZZLE / "task.py").read_text()
+        # A deployment of its own per test: the harness's server outlives each test.
+        name = f"Recovered {next(_deployments)}"
+        self.task_dir = write_task(
+            tmp_path / "task", source, config={"task_name": name, **MINUTE_ROUNDS}
+        )
+        self.store = str(tmp_path / "store")
+        now = WallClock().now_ms()
+        prepare_deployed_task(
+            self.task_dir, self.store, nodes=4, seed=3, lead_ms=0,
+            clock=SimulatedClock(now - 10 * 60_000 - 30_000),
+        )  # fmt: skip
+        self.plan: DeploymentPlan = plan_deployment(self.task_dir, self.store)
+        self.engine: LiveEngine = open_deployed_engine(self.task_dir, self.store)
+        self.id = apply(runner_deployment(self.plan))
+
+    def at(self, ms: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+    def run(self, round_start_ms: float, state: Any = None, *, claim: str | None = None) -> UUID:
+        """A run of the deployment due at ``round_start_ms``, then moved to ``state``."""
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run_from_deployment(
+                self.id, state=Scheduled(scheduled_time=self.at(round_start_ms))
+            )
+            if state is not None:
+                client.set_flow_run_state(run.id, state, force=True)
+            if claim is not None:
+                client.update_flow_run(run.id, infrastructure_pid=claim)
+            return run.id
+
+    def read(self, run_id: UUID) -> Any:
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(run_id)
+
+    def reruns(self) -> list[Any]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(limit=200)
+        return [r for r in runs if r.deployment_id == self.id and "rerun" in r.tags]
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    deployed = Deployment(tmp_path)
+    yield deployed
+    deployed.engine.pool.close()
+
+
+class TestRecovery:
+    """What a restarted `koiitasks deploy` does with the runs it finds."""
+
+    def test_runs_of_a_dead_process_are_crashed_and_their_open_rounds_re_run(
+        self, deployment: Deployment
+    ) -> None:
+        """A running run whose claimed process is gone is crashed and its round re-run; a run
+        whose process lives is left alone."""
+        plan, host = deployment.plan, recovery.process_claim().rsplit(":", 1)[0]
+        deployment.engine.open_round(10)
+        dead = deployment.run(plan.round_start_ms(10), Running(), claim=f"{host}:{dead_pid()}")
+        alive = deployment.run(plan.round_start_ms(9), Running(), claim=recovery.process_claim())
+        report = recovery.recover(plan, deployment.engine, deployment.id, starting=False)
+        assert (report.crashed, report.rerun) == ([10], [10])
+        assert deployment.read(dead).state.is_crashed()
+        assert "stopped; koiitasks deploy found it" in deployment.read(dead).state.message
+        assert deployment.read(alive).state.is_running()
+        (rerun,) = deployment.reruns()
+        assert rerun.name == f"{deployment.engine.task_id}-round-10"
+        assert rerun.parameters["round_number"] == 10
+        assert rerun.state.is_scheduled()
+
+    def test_a_run_prefect_crashed_is_re_run_once_while_its_round_can_settle(
+        self, deployment: Deployment
+    ) -> None:
+        """A run Prefect marked crashed (its process lost the API) is re-run; asking again
+        makes no second re-run."""
+        plan = deployment.plan
+        deployment.run(plan.round_start_ms(11), Crashed(message="Process exited with code 1"))
+        first = recovery.recover(plan, deployment.engine, deployment.id, starting=False)
+        again = recovery.recover(plan, deployment.engine, deployment.id, starting=False)
+        assert first.rerun == [11]
+        assert again.rerun_ids == first.rerun_ids
+        assert len(deployment.reruns()) == 1
+
+    def test_a_crashed_run_past_its_deadline_is_left_to_be_recorded_missed(
+        self, deployment: Deployment
+    ) -> None:
+        """Round 7 can no longer settle (round 8 needed it): no re-run."""
+        plan = deployment.plan
+        deployment.run(plan.round_start_ms(7), Crashed(message="Process exited with code 1"))
+        report = recovery.recover(plan, deployment.engine, deployment.id, starting=False)
+        assert report.rerun == []
+        assert deployment.reruns() == []
+
+    def test_a_run_that_came_due_while_down_is_cancelled_and_recorded_missed(
+        self, deployment: Deployment
+    ) -> None:
+        """Round 8's scheduled run never ran and its window closed: cancelled, not run late;
+        the round has its signed missed record and one event."""
+        plan = deployment.plan
+        missed = deployment.run(plan.round_start_ms(8))
+        due = deployment.run(plan.round_start_ms(12))
+        report = recovery.recover(plan, deployment.engine, deployment.id)
+        assert report.missed == [8]
+        assert [e.event for e in report.events] == [ROUND_MISSED]
+        assert report.events[0].payload["round"] == 8
+        assert deployment.read(missed).state.is_cancelled()
+        assert deployment.read(due).state.is_scheduled()
+        store = open_store(deployment.store)
+        assert store.exists(Layout(deployment.engine.task_id).missed(8))
+        again = recovery.recover(plan, deployment.engine, deployment.id)
+        assert (again.missed, again.events) == ([], [])
+
+    def test_runs_between_rounds_are_cancelled(self, deployment: Deployment) -> None:
+        """A run due between two rounds' first slots (an older schedule's) is cancelled."""
+        plan = deployment.plan
+        stray = deployment.run(plan.round_start_ms(12) + 30_000)
+        report = recovery.recover(plan, deployment.engine, deployment.id)
+        assert report.stray == 1
+        state = deployment.read(stray).state
+        assert state.is_cancelled()
+        assert state.message == recovery.NOT_A_ROUND
+
+    def test_an_unclaimed_run_is_only_taken_for_dead_when_nothing_is_serving(
+        self, deployment: Deployment
+    ) -> None:
+        """A running run that never claimed a process may still be starting while serving;
+        recovery leaves a recent one alone either way."""
+        plan = deployment.plan
+        unclaimed = deployment.run(plan.round_start_ms(10), Running())
+        for starting in (False, True):
+            report = recovery.recover(plan, deployment.engine, deployment.id, starting=starting)
+            assert report.crashed == []
+        assert deployment.read(unclaimed).state.is_running()
+        assert os.getpid() == int(recovery.process_claim().rsplit(":", 1)[1])
