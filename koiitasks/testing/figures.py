@@ -16,9 +16,9 @@ docs/reliability.md shows other figures. ``make report`` writes them there::
     python -m koiitasks.testing.figures check .figures --doc docs/reliability.md
     python -m koiitasks.testing.figures render .figures docs/reliability.md
 
-Nearly every count comes from deterministic tests (fixed tables, hypothesis with a fixed seed);
-the S3 call count also holds the retries of calls that timed out by themselves on a busy
-machine, so it can differ by a few between runs.
+Most counts come from fixed tables. Two can differ a little between runs: the S3 call count
+also holds the retries of calls that timed out by themselves on a busy machine, and hypothesis,
+though seeded, adapts its search to how long examples take, so the rounds its networks ran vary.
 """
 
 from __future__ import annotations
