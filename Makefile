@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed
 # Specs that run real rounds on the wall clock (deployments on 8 s rounds, node processes on
 # 400 ms slots) run after the rest, so CPU-bound specs never share the cores with their windows.
 WALL_CLOCK := tests/deploy tests/test_remote.py
+FIGURES := $(CURDIR)/.figures
 
-.PHONY: install run check lint types test clean
+.PHONY: install run check lint types test figures report clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +33,19 @@ types: $(STAMP)
 	for example in examples/*/; do $(BIN)/mypy "$$example" || exit 1; done
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto $(WALL_CLOCK:%=--ignore=%) $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -n auto $(WALL_CLOCK) $(PYTEST_ARGS)
+	rm -rf $(FIGURES)
+	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto $(WALL_CLOCK:%=--ignore=%) $(PYTEST_ARGS)
+	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto $(WALL_CLOCK) $(PYTEST_ARGS)
 
-check: lint types test
+# The reliability figures the tests counted: printed, and checked against what was asked for.
+figures: $(STAMP)
+	$(BIN)/python -m koiitasks.testing.figures check $(FIGURES) --doc docs/reliability.md
+
+# Write the figures of the last full `make test` into docs/reliability.md.
+report: $(STAMP)
+	$(BIN)/python -m koiitasks.testing.figures render $(FIGURES) docs/reliability.md
+
+check: lint types test figures
 
 clean:
-	rm -rf $(VENV) .koiitasks .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .koiitasks .mypy_cache .pytest_cache .ruff_cache .figures

@@ -26,11 +26,17 @@ from koiitasks.clock import SimulatedClock, SlotClock
 from koiitasks.config import TaskConfig
 from koiitasks.errors import ConfigError, LedgerError, RecordError, RoundError
 from koiitasks.identity import Keypair
-from koiitasks.ledger import LedgerState, VerifyReport, read_ledger, verify_ledger
+from koiitasks.ledger import (
+    LedgerState,
+    VerifyReport,
+    build_entry,
+    read_ledger,
+    verify_ledger,
+)
 from koiitasks.network import load_network
 from koiitasks.nodes.runtime import HookFailed, NodeRuntime
 from koiitasks.nodes.silent import SilentPool
-from koiitasks.protocol import DistributionList, LedgerEntry, Signed
+from koiitasks.protocol import DistributionList, LedgerEntry, RoundMissed, Signed, decode
 from koiitasks.round import RoundEngine, Tally
 from koiitasks.round_records import check_round_records
 from koiitasks.storage import Layout, Store
@@ -59,6 +65,8 @@ class RoundReplay:
     distribution_accepted: bool
     attempts: int
     differences: tuple[str, ...] = field(default=())
+    missed: str | None = None
+    """Why a deployment recorded the round as missed (its entry must then be the empty one)."""
 
     @property
     def matches(self) -> bool:
@@ -82,6 +90,7 @@ class RoundReplay:
             "credits": self.credits,
             "distribution_accepted": self.distribution_accepted,
             "attempts": self.attempts,
+            "missed": self.missed,
         }
 
     def summary(self) -> str:
@@ -94,6 +103,12 @@ class RoundReplay:
         )
         slashed = f"; slashed {len(self.slashes)} nodes" if self.slashes else ""
         verdict = "matches" if self.matches else "DOES NOT MATCH"
+        if self.missed is not None:
+            return (
+                f"round {self.round} of {self.task_id}: {self.records_checked} signed records; "
+                f"recorded missed ({self.missed}), nobody paid: {verdict} ledger entry "
+                f"#{self.sequence} {self.ledger_hash[:12]}"
+            )
         return (
             f"round {self.round} of {self.task_id}: {self.records_checked} signed records; "
             f"{len(self.approved)} approved, {len(self.rejected)} rejected, "
@@ -166,10 +181,24 @@ class Replayer:
                 hint="replay checks settled rounds; run the round first",
             )
         checked = check_round_records(self.store, self.network, round_number)
+        before = LedgerState([e for e in self.ledger.entries if e.body.round < round_number])
+        missed = self._missed(round_number)
+        if missed is not None:
+            # A deployment gave up on the round: whatever it stored, it pays and slashes
+            # nobody, and its entry is the empty one.
+            empty = build_entry(
+                before,
+                task_id=self.task_id,
+                round_number=round_number,
+                bounty=0,
+                distribution=None,
+                attempts=0,
+                slashes={},
+            )
+            mismatches = tuple(compare_entries(entry.body, empty))
+            return self._result(entry, checked, mismatches, missed=missed.reason)
         engine = self.engine
-        engine.use_ledger(
-            LedgerState([e for e in self.ledger.entries if e.body.round < round_number])
-        )
+        engine.use_ledger(before)
         try:
             tally = engine.tally(round_number)
             outcome = engine.distribute(round_number)
@@ -182,6 +211,12 @@ class Replayer:
         if self.task is not None and outcome.accepted is not None:
             differences += self._recompute_credits(engine, tally, outcome.accepted)
         return self._result(entry, checked, tuple(differences), tally=tally)
+
+    def _missed(self, round_number: int) -> RoundMissed | None:
+        """The round's missed record (checked with the round's other records), if any."""
+        key = self.layout.missed(round_number)
+        raw = self.store.read_or_none(key)
+        return None if raw is None else decode(raw, RoundMissed, where=key).body
 
     def replay_all(self, rounds: Iterable[int] | None = None) -> Iterator[RoundReplay]:
         for round_number in self.settled if rounds is None else rounds:
@@ -212,6 +247,7 @@ class Replayer:
         differences: tuple[str, ...],
         *,
         tally: Tally | None = None,
+        missed: str | None = None,
     ) -> RoundReplay:
         body = entry.body
         verdicts = tally.verdicts if tally is not None else {}
@@ -235,6 +271,7 @@ class Replayer:
             distribution_accepted=body.distribution_accepted,
             attempts=body.attempts,
             differences=differences,
+            missed=missed,
         )
 
 

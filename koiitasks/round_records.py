@@ -3,7 +3,8 @@
 Every record under ``tasks/{task}/rounds/{round}/`` must be canonical JSON validly signed by the
 party its key names: requests, accepted submissions and refusals by the orchestrator (and the
 submission inside by its node), audit reports and list audits by the auditor named in the key,
-distribution lists by their builder; each for this task and this round, from a registered node.
+distribution lists by their builder, a deployment's missed-round record by the orchestrator;
+each for this task and this round, from a registered node.
 A record of a kind this version does not know must still be canonical and signed by the
 orchestrator or a registered node. The first record that breaks a rule is named in a
 :class:`~koiitasks.errors.RecordError`, so a changed byte anywhere in a round is never quiet.
@@ -25,6 +26,7 @@ from koiitasks.protocol import (
     DistributionAudit,
     DistributionList,
     Refusal,
+    RoundMissed,
     RoundRequest,
     Signed,
     decode,
@@ -88,6 +90,8 @@ class _RecordChecker:
         elif len(parts) == 2 and folder == "distributions":
             listed = self._decode(raw, DistributionList, key, signer=None, who="builder")
             self._require(f"{listed.body.attempt:02d}" == name, key, "is for another attempt")
+        elif parts == ["missed.json"]:
+            self._decode(raw, RoundMissed, key, signer=self.orchestrator)
         elif len(parts) == 3 and folder == "distribution-audits":
             vote = self._decode(raw, DistributionAudit, key, signer=name, who="auditor")
             self._require(f"{vote.body.attempt:02d}" == parts[1], key, "is for another attempt")

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from koiitasks.clock import SimulatedClock
+from koiitasks.deployment import open_deployed_engine, prepare_deployed_task
 from koiitasks.errors import LedgerError, RecordError, RoundError, StorageError
 from koiitasks.identity import Keypair
 from koiitasks.ledger import LedgerState, verify_ledger
+from koiitasks.live import LiveEngine
 from koiitasks.nodes.silent import SilentPool
 from koiitasks.protocol import AuditReport, LedgerEntry, decode, sign
 from koiitasks.replay import Replayer, compare_entries, verify_task
 from koiitasks.round import RoundEngine
 from koiitasks.sandbox import Sandbox
-from koiitasks.storage import Layout, Store
+from koiitasks.storage import Layout, Store, open_store
 from koiitasks.storage.readonly import ReadOnlyStore
 from koiitasks.task import load_task
 from koiitasks.testing import figures, sandbox, write_task
@@ -24,6 +28,7 @@ from koiitasks.testing.tamper import copy_store, overwrite, snapshot
 from tests.conftest import HASH_PUZZLE
 
 TASK = "hash-puzzle"
+START_MS = 1_800_000_000_000  # when the deployed task of TestMissedRounds was deployed
 MIX = {"lazy": 1, "offline": 1, "forger": 1, "late": 1, "bad-auditor": 1}
 
 FIRST_TASK = """
@@ -294,3 +299,59 @@ class TestReplayCommand:
         result = invoke("rounds", "replay", "--store", str(store_dir), "--round", "9")
         assert result.exit_code == 2
         assert "round 9 of task 'hash-puzzle' is not settled" in result.stderr
+
+
+class TestMissedRounds:
+    """A deployed task records a round it gave up on as missed: a signed reason and an empty
+    entry. Replay and `ledger verify` hold such a round to exactly that."""
+
+    @pytest.fixture
+    def deployed(self, tmp_path: Path) -> tuple[str, Callable[[int], LiveEngine]]:
+        """Round 0 paid, round 1 never run and recorded missed when round 2 needed it; and a
+        way to start the engine of another round's process."""
+        task_dir = write_task(tmp_path / "echo", FIRST_TASK)
+        url = f"memory://replay-deployed-{tmp_path.name}"
+        prepare_deployed_task(task_dir, url, nodes=5, seed=5, clock=SimulatedClock(START_MS))
+
+        def process_at_round(number: int) -> LiveEngine:
+            clock = SimulatedClock()
+            engine = open_deployed_engine(task_dir, url, workers=1, clock=clock)
+            clock.set_ms(engine.slot_clock.ms_of_slot(engine.schedule.round_start(number)))
+            return engine
+
+        process_at_round(0).run(0)
+        later = process_at_round(2)
+        later.resolve_before(2)
+        assert later.is_missed(1)
+        return url, process_at_round
+
+    def test_a_missed_round_replays_to_its_empty_entry(
+        self, deployed: tuple[str, Callable[[int], LiveEngine]]
+    ) -> None:
+        """The missed round matches its empty entry and says why it was missed; the rounds
+        around it replay as usual, and `ledger verify` passes."""
+        url, process_at_round = deployed
+        engine = process_at_round(2)
+        engine.run(2)
+        store = open_store(url)
+        results = list(Replayer(store, engine.task_id).replay_all())
+        assert [(r.round, r.matches) for r in results] == [(0, True), (1, True), (2, True)]
+        assert results[1].missed is not None
+        assert "had not settled by slot" in results[1].missed
+        assert results[0].missed is None
+        assert verify_task(store, engine.task_id).rounds_replayed == 3
+
+    def test_a_missed_round_whose_entry_pays_someone_is_reported(
+        self, deployed: tuple[str, Callable[[int], LiveEngine]]
+    ) -> None:
+        """An entry for a missed round that pays, even signed by the orchestrator with the
+        chain kept, is not the empty entry the missed record calls for."""
+        url, process_at_round = deployed
+        engine = process_at_round(2)
+        store = copy_store(open_store(url))
+        key = Layout(engine.task_id).ledger_entry(1)
+        entry = decode(store.read(key), LedgerEntry, where=key)
+        paying = sign(entry.body.model_copy(update={"bounty": 1_000}), engine.orchestrator)
+        overwrite(store, key, paying.encode())
+        replay = Replayer(store, engine.task_id).replay(1)
+        assert "bounty: the ledger says 1000, the records say 0" in replay.differences

@@ -9,15 +9,16 @@ A test that proves a promise says how much it tried, once its assertions have pa
 When ``KOII_FIGURES_DIR`` names a folder, each record is a JSON line appended to a file of its
 own process there; without it recording does nothing, so a test run by hand leaves no trace.
 ``make check`` runs the suite with the variable set, then this module's ``check`` command, which
-sums the lines, prints the table, fails when a figure is below what the reliability issue asked
-for, and fails when docs/reliability.md does not show exactly these figures. ``make report``
-writes them there::
+sums the lines, prints the table (so the CI log shows the figures of its own run), and fails
+when a figure is below what the reliability issue asked for; it also says when
+docs/reliability.md shows other figures. ``make report`` writes them there::
 
     python -m koiitasks.testing.figures check .figures --doc docs/reliability.md
     python -m koiitasks.testing.figures render .figures docs/reliability.md
 
-Every count comes from deterministic tests (fixed tables, hypothesis with a fixed seed), so two
-full runs of the same code give the same figures.
+Most counts come from fixed tables. Two can differ a little between runs: the S3 call count
+also holds the retries of calls that timed out by themselves on a busy machine, and hypothesis,
+though seeded, adapts its search to how long examples take, so the rounds its networks ran vary.
 """
 
 from __future__ import annotations
@@ -130,20 +131,18 @@ def render(folder: Path, doc: Path) -> None:
     doc.write_text(f"{text[:start]}\n{table(collect(folder))}\n{text[end:]}", encoding="utf-8")
 
 
-def check(folder: Path, doc: Path | None) -> list[str]:
+def check(folder: Path) -> list[str]:
     """What is wrong with the run's figures (empty when nothing)."""
     if not folder.is_dir():
         return [f"no figures in {folder}: run the whole suite with {ENV}={folder} first"]
-    totals = collect(folder)
-    problems = shortfalls(totals)
-    if doc is not None:
-        text = doc.read_text(encoding="utf-8")
-        start, end = _block(text, doc)
-        if text[start:end].strip() != table(totals).strip():
-            problems.append(
-                f"{doc} does not show the figures of this run; run `make report` and commit it"
-            )
-    return problems
+    return shortfalls(collect(folder))
+
+
+def shows(doc: Path, totals: Mapping[str, int]) -> bool:
+    """Whether ``doc``'s figures block shows exactly ``totals``."""
+    text = doc.read_text(encoding="utf-8")
+    start, end = _block(text, doc)
+    return text[start:end].strip() == table(totals).strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     checking = commands.add_parser("check", help="print the figures; fail below the minimums")
     checking.add_argument("folder", type=Path)
-    checking.add_argument("--doc", type=Path, help="also require this document to show them")
+    checking.add_argument("--doc", type=Path, help="say whether this document shows them")
     rendering = commands.add_parser("render", help="write the figures into a document")
     rendering.add_argument("folder", type=Path)
     rendering.add_argument("doc", type=Path)
@@ -160,9 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(args.folder, args.doc)
         print(f"figures of {args.folder} written to {args.doc}")
         return 0
-    problems = check(args.folder, args.doc)
+    problems = check(args.folder)
     if args.folder.is_dir():
-        print(table(collect(args.folder)))
+        totals = collect(args.folder)
+        print(table(totals))
+        if args.doc is not None and not shows(args.doc, totals):
+            print(f"note: {args.doc} shows other figures; `make report` writes these there")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -6,7 +6,8 @@ rounds, and checks every settled round against the rules restated in ``rules.py`
 invariants every round keeps whoever cheats: conservation, exactly-once, no negative stake or
 balance, a ledger that verifies and replays to the balances ``ledger show`` prints.
 
-Hypothesis runs with a fixed seed (derandomize), so CI tries the same networks every time.
+Hypothesis runs with a fixed seed (derandomize) and no example database, so CI draws much the
+same networks every time (its search also adapts to how long examples take).
 """
 
 from __future__ import annotations
