@@ -26,7 +26,7 @@ types: $(STAMP)
 	for example in examples/*/; do $(BIN)/mypy "$$example" || exit 1; done
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 check: lint types test
 
