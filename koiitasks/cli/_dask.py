@@ -39,7 +39,7 @@ def dask_round_runner(
         temporary_settings,
     )
 
-    from flows.dask import dask_round  # noqa: PLC0415
+    from flows.dask_round import dask_round  # noqa: PLC0415
     from koiitasks import cluster  # noqa: PLC0415
 
     cluster.check_prefect_api(PREFECT_API_URL.value())

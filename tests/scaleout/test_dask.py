@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows.dask import dask_round
+from flows.dask_round import dask_round
 from koiitasks.ledger import verify_ledger
 from koiitasks.round_result import RoundResult
 from koiitasks.storage import FileStore, Store, open_store

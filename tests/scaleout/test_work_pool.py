@@ -1,5 +1,6 @@
 """Specifications of round flows on a Prefect work pool: two process workers, a Prefect server
-on PostgreSQL, one S3 store (a moto server process), all real processes on 127.0.0.1."""
+on PostgreSQL, a Dask cluster, one S3 store (a moto server process), all real processes on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
+from prefect.types.entrypoint import EntrypointType
 
-from flows.round import sandbox_round
 from koiitasks.ledger import verify_ledger
 from koiitasks.storage import Store, open_store
 from koiitasks.storage.s3 import MOTO_CREDENTIALS, make_s3_client
@@ -28,6 +29,7 @@ from koiitasks.testing import sandbox, write_task
 from koiitasks.testing.s3 import TEST_AWS_ENV, unique_bucket_name
 from tests.conftest import HASH_PUZZLE, ROOT
 from tests.scaleout import services
+from tests.scaleout.conftest import DaskCluster
 
 # One xdist group: these start many processes; on one pytest worker they never compete.
 pytestmark = [
@@ -37,7 +39,9 @@ pytestmark = [
 ]
 
 POOL = "koii-rounds"
-DEPLOYMENT = "koii-sandbox-round/rounds"
+#: The two round flows on the pool: shards on the flow run's threads, or on a Dask cluster.
+ON_THREADS = "koii-sandbox-round/rounds"
+ON_DASK = "koii-dask-round/rounds"
 #: Set in the Prefect workers' environment only: where the machine-losing task leaves a marker.
 LOSS_DIR_VARIABLE = "KOIITASKS_TEST_LOSS_DIR"
 
@@ -161,22 +165,29 @@ def create_pool() -> None:
 
 
 def deploy_rounds() -> None:
-    """The round flow deployed on the pool from this checkout, as an operator would with
-    `flow.from_source(...).deploy(...)`."""
-    source = sandbox_round.from_source(source=str(ROOT), entrypoint="flows/round.py:sandbox_round")
-    assert isinstance(source, Flow)  # the sync spelling returns the flow itself
-    source.deploy(
-        name="rounds",
-        work_pool_name=POOL,
-        build=False,
-        push=False,
-        print_next_steps=False,
-        ignore_warnings=True,
-    )
+    """Both round flows deployed on the pool from this checkout, as docs/scale-out.md does:
+    the Dask one by module entrypoint, so Dask can unpickle the flow run's context."""
+    for entrypoint, kind in (
+        ("flows/round.py:sandbox_round", EntrypointType.FILE_PATH),
+        ("flows.dask_round.dask_round", EntrypointType.MODULE_PATH),
+    ):
+        source = Flow.from_source(source=str(ROOT), entrypoint=entrypoint)
+        assert isinstance(source, Flow)  # the sync spelling returns the flow itself
+        source.deploy(
+            name="rounds",
+            work_pool_name=POOL,
+            build=False,
+            push=False,
+            entrypoint_type=kind,
+            print_next_steps=False,
+            ignore_warnings=True,
+        )
 
 
-def submit(stack: Stack, task_dir: Path, round_number: int, network: dict[str, Any]) -> UUID:
-    """A flow run of the deployment for one round of one task; returns at once."""
+def submit(
+    stack: Stack, deployment: str, task_dir: Path, round_number: int, network: dict[str, Any]
+) -> UUID:
+    """A flow run of a deployment for one round of one task; returns at once."""
     parameters = {
         "task_dir": str(task_dir),
         "round_number": round_number,
@@ -184,7 +195,7 @@ def submit(stack: Stack, task_dir: Path, round_number: int, network: dict[str, A
         **network,
     }
     with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-        run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)
+        run = run_deployment(deployment, parameters=parameters, timeout=0)
     return run.id  # type: ignore[union-attr]
 
 
@@ -213,28 +224,41 @@ def task_records(store: Store, task_id: str) -> dict[str, bytes]:
 
 
 class TestRoundsOnAWorkPool:
-    """Rounds of several tasks as flow runs of one deployment on a pool of process workers."""
+    """Rounds of several tasks as flow runs of deployments on a pool of process workers."""
 
     def test_three_tasks_at_once_each_ledger_its_own_even_when_a_worker_is_lost(
-        self, stack: Stack, tmp_path: Path
+        self, stack: Stack, dask_cluster: DaskCluster, tmp_path: Path
     ) -> None:
         """A round of three tasks, three flow runs at once on two process workers against the
-        PostgreSQL-backed server, all writing one S3 bucket; a worker and its flow run are
-        killed in the middle of one task's round, which, run again, settles on the other
-        worker. Every task's records and ledger are exactly those of the same round in one
-        process, and none leaks into another."""
-        tasks: dict[str, tuple[Path, dict[str, Any]]] = {
-            "hash-puzzle": (HASH_PUZZLE, {"nodes": 8, "seed": 1, "adversaries": {"lazy": 1}}),
+        PostgreSQL-backed server, all writing one S3 bucket, one of them with its shards on a
+        Dask cluster; a worker and its flow run are killed in the middle of one task's round,
+        which, run again, settles on the other worker. Every task's records and ledger are
+        exactly those of the same round in one process, and none leaks into another."""
+        on_dask = {"dask_address": dask_cluster.address, "shard_size": 3}
+        tasks: dict[str, tuple[str, Path, dict[str, Any], dict[str, Any]]] = {
+            "hash-puzzle": (
+                ON_DASK,
+                HASH_PUZZLE,
+                {"nodes": 8, "seed": 1, "adversaries": {"lazy": 1}},
+                on_dask,
+            ),
             "echo-alpha": (
+                ON_THREADS,
                 write_task(tmp_path / "alpha", ECHO_TASK, task_name="Echo Alpha", slot_ms=400),
                 {"nodes": 6, "seed": 2},
+                {},
             ),
             "losing-beta": (
+                ON_THREADS,
                 write_task(tmp_path / "beta", LOSING_TASK, task_name="Losing Beta", slot_ms=400),
                 {"nodes": 7, "seed": 3, "adversaries": {"offline": 1}},
+                {},
             ),
         }
-        wave = {name: submit(stack, d, 0, net) for name, (d, net) in tasks.items()}
+        wave = {
+            name: submit(stack, deployment, directory, 0, {**network, **extra})
+            for name, (deployment, directory, network, extra) in tasks.items()
+        }
         others = [run for name, run in wave.items() if name != "losing-beta"]
         lost_marker = stack.loss_dir / "lost"
         wait_until(
@@ -257,14 +281,14 @@ class TestRoundsOnAWorkPool:
             get_client(sync_client=True) as client,
         ):
             client.set_flow_run_state(lost, Crashed(message="worker lost"), force=True)
-        directory, network = tasks["losing-beta"]
-        rerun = submit(stack, directory, 0, network)
+        deployment, directory, network, _ = tasks["losing-beta"]
+        rerun = submit(stack, deployment, directory, 0, network)
         wait_until(stack, lambda: all_final(stack, [rerun]), "the round run again")
         assert states(stack, [rerun])[rerun].is_completed(), stack.worker_logs()
 
         with open_store(stack.store_url, s3_endpoint_url=stack.endpoint) as shared:
             assert shared.children("tasks/") == sorted(tasks)
-            for task_id, (directory, network) in tasks.items():
+            for task_id, (_, directory, network, _) in tasks.items():
                 alone = sandbox(directory, **network)
                 alone.run_round(0)
                 assert task_records(shared, task_id) == task_records(alone.store, task_id)
