@@ -34,8 +34,8 @@ types: $(STAMP)
 
 test: $(STAMP)
 	rm -rf $(FIGURES)
-	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto $(WALL_CLOCK:%=--ignore=%) $(PYTEST_ARGS)
-	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto $(WALL_CLOCK) $(PYTEST_ARGS)
+	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto --dist loadgroup $(WALL_CLOCK:%=--ignore=%) $(PYTEST_ARGS)
+	KOII_FIGURES_DIR=$(FIGURES) $(BIN)/python -m pytest -n auto --dist loadgroup $(WALL_CLOCK) $(PYTEST_ARGS)
 
 # The reliability figures the tests counted: printed, and checked against what was asked for.
 figures: $(STAMP)

@@ -48,6 +48,8 @@ DASK_SHARD_SIZE = 1000
 #: Worker processes of ``local`` when no count is given.
 LOCAL_WORKERS = 2
 
+LOOPBACK = "127.0.0.1"
+
 INSTALL_HINT = "install the extra: pip install 'koiitasks[dask]' (prefect-dask and distributed)"
 
 
@@ -180,8 +182,10 @@ def local_cluster(
         n_workers=workers,
         threads_per_worker=1,  # hooks already run on the node pool's own threads
         processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",  # None means the default, 8787: any free port instead
+        host=LOOPBACK,
+        # Any free port for the scheduler's HTTP server: the default 8787 may be taken, and
+        # taking another then is a warning.
+        dashboard_address=f"{LOOPBACK}:0",
         env=env or {},
     ) as cluster:
         yield str(cluster.scheduler_address)

@@ -2,10 +2,12 @@
 
 Kept apart from :mod:`koiitasks.cli.run` so the plain and thread-pool paths never import Dask.
 A ``local[:N]`` cluster is started once for the whole run and stopped when it ends.
+Dask's own INFO chatter (workers starting and stopping) is shown only with ``--verbose``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,19 +15,31 @@ from typing import Any
 from koiitasks.round_result import RoundResult
 
 
+def dask_options(address: str | None) -> dict[str, Any]:
+    """Options a run adds on Dask: its shard size, so the run and its flow runs share one
+    sandbox in this process (the sandbox cache is keyed on it)."""
+    if not address:
+        return {}
+    from koiitasks.cluster import DASK_SHARD_SIZE  # noqa: PLC0415
+
+    return {"shard_size": DASK_SHARD_SIZE}
+
+
 @contextmanager
 def dask_round_runner(
-    task_dir: str, options: dict[str, Any], address: str
+    task_dir: str, options: dict[str, Any], address: str, *, verbose: bool = False
 ) -> Iterator[Callable[[int], RoundResult]]:
     """A function that runs one round as a ``koii-dask-round`` flow on the cluster at
     ``address`` (a scheduler's ``tcp://HOST:PORT`` or ``local[:N]``)."""
+    # Read by distributed when it is first imported, here and in local worker processes.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
     from prefect.settings import (  # noqa: PLC0415 - keep --help fast
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         temporary_settings,
     )
 
-    from flows.dask import dask_round  # noqa: PLC0415
+    from flows.dask_round import dask_round  # noqa: PLC0415
     from koiitasks import cluster  # noqa: PLC0415
 
     cluster.check_prefect_api(PREFECT_API_URL.value())

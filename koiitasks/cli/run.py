@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from koiitasks.cli._common import JsonOption, StoreOption, err, out, setup_logging, store_url
+from koiitasks.cli._dask import dask_options, dask_round_runner
 from koiitasks.settings import load_settings
 
 
@@ -137,24 +138,15 @@ def run(
         "workers": workers,
         "s3_endpoint_url": load_settings().s3_endpoint_url,
     }
+    address = None if plain else dask or load_settings().dask_address
+    options |= dask_options(address)
     sandbox = open_sandbox(task_dir, **options)
     traced = resolve_node(sandbox.network.behaviours(), trace) if trace is not None else None
     plan = sandbox.plan(
         rounds=rounds if rounds or round_number is not None else 1, round_number=round_number
     )
-    address = None if plain else dask or load_settings().dask_address
     stack = ExitStack()
-    if address:
-        from koiitasks.cli._dask import dask_round_runner  # noqa: PLC0415 - Dask only when asked
-
-        task_dir_text = str(sandbox.loaded.directory)
-        runner = stack.enter_context(dask_round_runner(task_dir_text, options, address))
-    else:
-        runner = (
-            _plain_runner(sandbox)
-            if plain
-            else _flow_runner(str(sandbox.loaded.directory), options)
-        )
+    runner = _runner(stack, sandbox, options, plain=plain, address=address, verbose=verbose)
     # A live progress bar would draw over a debugger stopped in a hook (--workers 1).
     show_progress = not json_out and err.is_terminal and workers > 1
     from rich.progress import Progress  # noqa: PLC0415
@@ -187,6 +179,22 @@ def run(
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _runner(
+    stack: ExitStack,
+    sandbox: Any,
+    options: dict[str, Any],
+    *,
+    plain: bool,
+    address: str | None,
+    verbose: bool,
+) -> Any:
+    """What runs one round: plain calls, the thread-pool flow, or the flow with Dask shards."""
+    task_dir = str(sandbox.loaded.directory)
+    if address:
+        return stack.enter_context(dask_round_runner(task_dir, options, address, verbose=verbose))
+    return _plain_runner(sandbox) if plain else _flow_runner(task_dir, options)
 
 
 def _plain_runner(sandbox: Any) -> Any:

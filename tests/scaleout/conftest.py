@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,8 +42,11 @@ def dask_cluster() -> Iterator[DaskCluster]:
     kill_dir = Path(tempfile.mkdtemp(prefix="koiitasks-dask-kill-"))
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {"PYTHONPATH": python_path, KILL_DIR_VARIABLE: str(kill_dir), **TEST_AWS_ENV}
-    with local_cluster(2, env=env) as address:
-        yield DaskCluster(address=address, kill_dir=kill_dir)
+    try:
+        with local_cluster(2, env=env) as address:
+            yield DaskCluster(address=address, kill_dir=kill_dir)
+    finally:
+        shutil.rmtree(kill_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

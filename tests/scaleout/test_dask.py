@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows.dask import dask_round
+from flows.dask_round import dask_round
 from koiitasks.ledger import verify_ledger
 from koiitasks.round_result import RoundResult
 from koiitasks.storage import FileStore, Store, open_store
@@ -23,7 +23,12 @@ from koiitasks.testing.s3 import unique_bucket_name
 from tests.conftest import HASH_PUZZLE
 from tests.scaleout.conftest import KILL_DIR_VARIABLE, DaskCluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+# One xdist group: these start many processes; on one pytest worker they never compete.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("scaleout"),
+    pytest.mark.usefixtures("prefect_api"),
+]
 
 # Hooks that make the Dask worker running them die (SIGKILL, as the kernel's OOM killer does)
 # the first time they run in round 1's execute and in round 2's audit. Only the Dask workers

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
-from flows.dask import execute_shard as execute_shard_task
+from flows.dask_round import dask_round
+from flows.dask_round import execute_shard as execute_shard_task
 from koiitasks import cluster
 from koiitasks.cluster import RoundMoment, SandboxSpec
 from koiitasks.errors import ClusterError, ConfigError
 from koiitasks.storage import FileStore
 from koiitasks.testing import sandbox
-from tests.conftest import HASH_PUZZLE
+from tests.conftest import HASH_PUZZLE, ROOT
+
+# What a process worker's flow run does: load the deployment's entrypoint, then pickle the flow,
+# as every shard task submitted to Dask carries it in the flow run's context.
+LOAD_AND_PICKLE_THE_FLOW = """
+import sys
+import cloudpickle
+from prefect.flows import load_flow_from_entrypoint
+
+import prefect_dask.task_runners  # noqa: F401 - the real dask, whatever the flow's folder holds
+
+sys.stdout.buffer.write(cloudpickle.dumps(load_flow_from_entrypoint(sys.argv[1])))
+"""
 
 
 def snapshot(store: FileStore) -> dict[str, bytes]:
@@ -30,6 +45,35 @@ class TestShardJobs:
         moment = RoundMoment(round=3, at_ms=12_000, settled=2)
         job = (execute_shard_task, {"spec": spec, "moment": moment, "node_ids": ["a", "b"]})
         assert cloudpickle.loads(cloudpickle.dumps(job))[1] == job[1]
+
+    @pytest.mark.parametrize(
+        ("entrypoint", "ships"),
+        [
+            pytest.param("flows.dask_round.dask_round", True, id="module-entrypoint-ships"),
+            pytest.param(
+                f"{ROOT / 'flows' / 'dask_round.py'}:dask_round", False, id="path-entrypoint-not"
+            ),
+        ],
+    )
+    def test_the_deployed_flow_reaches_dask_only_by_module_entrypoint(
+        self, entrypoint: str, ships: bool, tmp_path: Path
+    ) -> None:
+        """Loaded from a module entrypoint, as docs/scale-out.md deploys it, the Dask round
+        flow unpickles in another process (a Dask worker); loaded by path it is a module of
+        that process alone, so the docs do not deploy it that way."""
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD_AND_PICKLE_THE_FLOW, entrypoint],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        if ships:
+            assert cloudpickle.loads(proc.stdout).name == dask_round.name == "koii-dask-round"
+        else:
+            with pytest.raises(ModuleNotFoundError, match="dask_round"):
+                cloudpickle.loads(proc.stdout)
 
     def test_a_shard_rerun_by_a_worker_that_never_saw_it_writes_nothing_new(
         self, tmp_path: Path

@@ -9,6 +9,13 @@ The flow takes the scheduler address as a parameter or from ``KOII_DASK_ADDRESS`
 starts, so a deployment picks up the cluster of the machine it runs on; ``local[:N]`` starts a
 cluster of N worker processes for the one run. Dask workers report their task runs to the
 Prefect API, so the run needs a real Prefect server (``PREFECT_API_URL``).
+
+Deploy it with a module entrypoint, ``flows.dask_round.dask_round``
+(``EntrypointType.MODULE_PATH``): every shard task carries the flow run's context, which holds
+this flow, and Dask (scheduler and workers) unpickles it by module name. Loaded by path, as
+``prefect deploy flows/dask_round.py:dask_round`` does, the module is ``dask_round``, which no
+other process can import (seen on a process worker). The file is not named ``dask.py``: loaded
+by path, ``flows/`` is on ``sys.path``, and it hid the real ``dask`` from prefect-dask.
 """
 
 from __future__ import annotations
