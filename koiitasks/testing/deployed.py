@@ -237,6 +237,25 @@ def events(api_url: str, task_id: str, prefix: str = "koii.") -> list[dict[str, 
     return list(_run(_events(api_url, task_id, prefix)))
 
 
+def events_until(
+    api_url: str,
+    task_id: str,
+    prefix: str,
+    done: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout_s: float = 60,
+) -> list[dict[str, Any]]:
+    """Poll a task's events until ``done`` holds for them, and return them; the last ones read
+    when the time runs out. Prefect's server stores events a little after they are emitted
+    (it batches them), so an event of a run that just completed may not be readable yet."""
+    deadline = time.monotonic() + timeout_s
+    found = events(api_url, task_id, prefix)
+    while not done(found) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = events(api_url, task_id, prefix)
+    return found
+
+
 async def _events(api_url: str, task_id: str, prefix: str) -> list[dict[str, Any]]:
     from prefect.client.orchestration import PrefectClient  # noqa: PLC0415
 

@@ -20,7 +20,7 @@ from koiitasks.storage import FileStore
 from koiitasks.testing.deployed import (
     DeployProcess,
     deployment_runs,
-    events,
+    events_until,
     run_artifacts,
 )
 from tests.deploy.conftest import Setup, deploy_process, deployed_task
@@ -129,5 +129,12 @@ class TestScheduledRounds:
                 ledger, number
             )
 
-        slashed_rounds = {e["payload"]["round"] for e in events(api, task_id, "koii.node.slashed")}
-        assert {n for n in paid if ledger.entry(n).body.slashes} <= slashed_rounds  # type: ignore[union-attr]
+        slashing_rounds = {n for n in paid if ledger.entry(n).body.slashes}  # type: ignore[union-attr]
+
+        def rounds_of(found: list[dict[str, Any]]) -> set[int]:
+            return {e["payload"]["round"] for e in found}
+
+        slashed = events_until(
+            api, task_id, "koii.node.slashed", lambda found: slashing_rounds <= rounds_of(found)
+        )
+        assert slashing_rounds <= rounds_of(slashed)
