@@ -6,12 +6,14 @@
 #   infra/moto-server.sh status    exit 0 when running, 3 when not (as LSB init scripts do)
 #
 # Then: export KOII_S3_ENDPOINT_URL=http://127.0.0.1:5000 and use --store s3://BUCKET.
+# It runs moto's server through koiitasks.testing.moto_serve, which makes conditional writes
+# atomic as they are on S3 (moto alone checks If-None-Match and writes without a lock).
 #
 # Settings (environment):
 #   MOTO_HOST          address to bind, loopback by default       (127.0.0.1)
 #   MOTO_PORT          port                                       (5000)
 #   KOII_INFRA_DIR     state dir for moto-server.pid and .log     (<repo>/.koiitasks/infra)
-#   KOII_PYTHON        interpreter with moto[server] installed    (<repo>/.venv/bin/python, else python3)
+#   KOII_PYTHON        interpreter with koiitasks and moto[server] (<repo>/.venv/bin/python, else python3)
 #   MOTO_STOP_TIMEOUT  whole seconds between SIGTERM and SIGKILL  (10)
 set -euo pipefail
 
@@ -44,7 +46,7 @@ running_pid() {
     pid="$(<"$pid_file")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     args="$(ps -p "$pid" -o args= 2>/dev/null)" || return 1
-    [[ "$args" == *moto.server* ]] || return 1
+    [[ "$args" == *moto?serve* ]] || return 1
     echo "$pid"
 }
 
@@ -64,7 +66,7 @@ start() {
         return 1
     fi
     mkdir -p "$state_dir"
-    nohup "$python" -m moto.server -H "$host" -p "$port" >>"$log_file" 2>&1 </dev/null &
+    nohup "$python" -m koiitasks.testing.moto_serve -H "$host" -p "$port" >>"$log_file" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$pid_file"
     echo "http://$host:$port" >"$url_file"

@@ -107,7 +107,10 @@ def moto_server(host: str = "127.0.0.1") -> Iterator[str]:
 def moto_server_process(
     host: str = "127.0.0.1", *, start_timeout: float = 30.0, stop_timeout: float = 10.0
 ) -> Iterator[str]:
-    """``python -m moto.server`` as its own OS process on a free port; yields the endpoint URL.
+    """moto's S3 server as its own OS process on a free port; yields the endpoint URL.
+
+    It runs :mod:`koiitasks.testing.moto_serve`: ``moto.server`` with atomic conditional writes,
+    as S3 has them.
 
     Waits until the server answers HTTP, and on exit sends SIGTERM, then SIGKILL after
     ``stop_timeout`` seconds. Raises :class:`StorageUnavailable` with the server's log when it
@@ -129,7 +132,7 @@ def _start_server(
     for _ in range(3):
         port = _free_port(host)
         process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+            [sys.executable, "-m", "koiitasks.testing.moto_serve", "-H", host, "-p", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
