@@ -28,12 +28,11 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.round import distribute, publish, settle
+from flows.round import AuditSlice, FanOut, Shard, run_round_steps
 from koiitasks import cluster
 from koiitasks.cluster import RoundMoment, SandboxSpec
 from koiitasks.errors import ClusterError, ConfigError
 from koiitasks.round import RoundEngine
-from koiitasks.round_result import RoundResult
 from koiitasks.settings import load_settings
 from koiitasks.task import load_task
 
@@ -75,47 +74,26 @@ def _gather(futures: list[PrefectFuture[T]], step: str) -> list[T]:
     return results
 
 
-def run_round_steps_on_dask(
-    runner: DaskTaskRunner, spec: SandboxSpec, engine: RoundEngine, round_number: int
-) -> RoundResult:
-    """The round's steps, execute and audit shards on the runner's cluster; inside a flow."""
-    if engine.is_settled(round_number):
-        result = engine.result(round_number, already_settled=True)
-        publish(result)
-        return result
-    engine.open_round(round_number)
-    moment = RoundMoment.of(engine, round_number)
-    shards = engine.shards(engine.eligible(round_number))
-    _gather(
-        [
-            runner.submit(execute_shard, {"spec": spec, "moment": moment, "node_ids": shard})
-            for shard in shards
-        ],
-        "execute",
-    )
-    engine.forget_round_cache(round_number)  # the workers stored the submissions
-    assignments = engine.plan_audits(round_number)
-    moment = RoundMoment.of(engine, round_number)
-    _gather(
-        [
-            runner.submit(
-                audit_shard,
-                {
-                    "spec": spec,
-                    "moment": moment,
-                    "assignments": {a: assignments[a] for a in shard},
-                    "auditors": shard,
-                },
-            )
-            for shard in engine.shards(sorted(assignments))
-        ],
-        "audit",
-    )
-    engine.forget_round_cache(round_number)  # and the audit reports
-    outcome = distribute(engine, round_number)
-    result = settle(engine, round_number, outcome)
-    publish(result)
-    return result
+def on_dask(runner: DaskTaskRunner, spec: SandboxSpec) -> FanOut:
+    """Shards as jobs on the runner's cluster. Workers store what they compute, so after each
+    fan-out the engine forgets what it listed of the round and re-reads the store."""
+
+    def execute(engine: RoundEngine, round_number: int, shards: list[Shard]) -> None:
+        moment = RoundMoment.of(engine, round_number)
+        jobs = [{"spec": spec, "moment": moment, "node_ids": shard} for shard in shards]
+        _gather([runner.submit(execute_shard, job) for job in jobs], "execute")
+        engine.forget_round_cache(round_number)
+
+    def audit(engine: RoundEngine, round_number: int, slices: list[AuditSlice]) -> None:
+        moment = RoundMoment.of(engine, round_number)
+        jobs = [
+            {"spec": spec, "moment": moment, "assignments": part, "auditors": auditors}
+            for part, auditors in slices
+        ]
+        _gather([runner.submit(audit_shard, job) for job in jobs], "audit")
+        engine.forget_round_cache(round_number)
+
+    return FanOut(execute=execute, audit=audit)
 
 
 def _run_name() -> str:
@@ -169,4 +147,5 @@ def dask_round(
     sandbox = spec.open()
     sandbox.begin(round_number)
     with cluster.scheduler(address) as scheduler, cluster.dask_runner(scheduler) as runner:
-        return run_round_steps_on_dask(runner, spec, sandbox.engine, round_number).model_dump_json()
+        fan_out = on_dask(runner, spec)
+        return run_round_steps(sandbox.engine, round_number, fan_out=fan_out).model_dump_json()

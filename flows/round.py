@@ -8,7 +8,9 @@ run, never one per node: design.md has the measured reasons), on a bounded threa
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -16,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from koiitasks.remote import open_remote
 from koiitasks.reports import artifact_key, payouts_table, round_markdown
@@ -25,9 +28,19 @@ from koiitasks.sandbox import open_sandbox
 from koiitasks.settings import load_settings
 from koiitasks.task import load_task
 
+T = TypeVar("T")
+
 # Shard tasks run side by side, one per core: simulated nodes are CPU-bound and more threads
 # only fight over the GIL (4 shards x 4 hook workers was the slowest setting measured).
 SHARD_CONCURRENCY = max(2, min(4, os.cpu_count() or 2))
+
+
+def unexamined(value: T) -> T:
+    """``value`` as a task parameter Prefect hands over as is (``quote``), without walking it
+    for futures: it visits every list, dict and model three times per task run otherwise, and
+    walking node ids, assignments and the distribution outcome cost a quarter of a 10,000-node
+    round (measured; docs/performance.md)."""
+    return cast(T, quote(value))
 
 
 @task(name="execute-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -67,42 +80,68 @@ def publish(result: RoundResult) -> None:
     )
 
 
-def run_round_steps(
-    engine: RoundEngine, round_number: int, *, in_this_thread: bool = False
-) -> RoundResult:
-    """The round's steps as Prefect tasks; called inside a flow.
+#: A shard of node ids, and an audit shard: its auditors with the submitters each must audit.
+Shard = list[str]
+AuditSlice = tuple[dict[str, list[str]], list[str]]
 
-    ``in_this_thread`` runs the shard tasks one after another in the flow's own thread (the
-    main thread for a flow called from the CLI) instead of on the task runner's threads, so a
-    breakpoint in a hook stops there: ``koiitasks run --workers 1``.
-    """
+
+@dataclass(frozen=True)
+class FanOut:
+    """Where a round's execute and audit shards run; the other steps run in the flow."""
+
+    execute: Callable[[RoundEngine, int, list[Shard]], None]
+    audit: Callable[[RoundEngine, int, list[AuditSlice]], None]
+
+
+def _execute_on_threads(engine: RoundEngine, round_number: int, shards: list[Shard]) -> None:
+    handed = unexamined(engine)
+    wait([execute_shard.submit(handed, round_number, unexamined(s)) for s in shards])
+
+
+def _audit_on_threads(engine: RoundEngine, round_number: int, slices: list[AuditSlice]) -> None:
+    handed = unexamined(engine)
+    wait(
+        [
+            audit_shard.submit(handed, round_number, unexamined(part), unexamined(auditors))
+            for part, auditors in slices
+        ]
+    )
+
+
+def _execute_here(engine: RoundEngine, round_number: int, shards: list[Shard]) -> None:
+    for shard in shards:
+        execute_shard(unexamined(engine), round_number, unexamined(shard))
+
+
+def _audit_here(engine: RoundEngine, round_number: int, slices: list[AuditSlice]) -> None:
+    for part, auditors in slices:
+        audit_shard(unexamined(engine), round_number, unexamined(part), unexamined(auditors))
+
+
+#: Shard tasks on the flow's task runner (threads), side by side.
+ON_THREADS = FanOut(execute=_execute_on_threads, audit=_audit_on_threads)
+#: Shard tasks one after another in the flow's own thread, so a breakpoint in a hook stops
+#: there (``koiitasks run --workers 1``: the main thread for a flow called from the CLI).
+IN_THIS_THREAD = FanOut(execute=_execute_here, audit=_audit_here)
+
+
+def run_round_steps(
+    engine: RoundEngine, round_number: int, *, fan_out: FanOut = ON_THREADS
+) -> RoundResult:
+    """The round's steps as Prefect tasks, shards where ``fan_out`` puts them; inside a flow."""
     if engine.is_settled(round_number):
         result = engine.result(round_number, already_settled=True)
         publish(result)
         return result
     engine.open_round(round_number)
-    shards = engine.shards(engine.eligible(round_number))
-    if in_this_thread:
-        for shard in shards:
-            execute_shard(engine, round_number, shard)
-    else:
-        wait([execute_shard.submit(engine, round_number, shard) for shard in shards])
+    fan_out.execute(engine, round_number, engine.shards(engine.eligible(round_number)))
     assignments = engine.plan_audits(round_number)
-    shards = engine.shards(sorted(assignments))
-    if in_this_thread:
-        for shard in shards:
-            audit_shard(engine, round_number, assignments, shard)
-    else:
-        # Each task run gets its own slice: Prefect walks every parameter looking for futures,
-        # and the whole map at 10,000 nodes, once per shard, was seconds of a round (measured).
-        wait(
-            [
-                audit_shard.submit(engine, round_number, {a: assignments[a] for a in s}, s)
-                for s in shards
-            ]
-        )
-    outcome = distribute(engine, round_number)
-    result = settle(engine, round_number, outcome)
+    # Each audit shard gets its own slice of the assignments, never the whole map.
+    slices = [({a: assignments[a] for a in s}, s) for s in engine.shards(sorted(assignments))]
+    fan_out.audit(engine, round_number, slices)
+    handed = unexamined(engine)
+    outcome = distribute(handed, round_number)
+    result = settle(handed, round_number, unexamined(outcome))
     publish(result)
     return result
 
@@ -144,7 +183,8 @@ def sandbox_round(
         s3_endpoint_url=s3_endpoint_url or load_settings().s3_endpoint_url,
     )
     sandbox.begin(round_number)
-    result = run_round_steps(sandbox.engine, round_number, in_this_thread=workers == 1)
+    fan_out = IN_THIS_THREAD if workers == 1 else ON_THREADS
+    result = run_round_steps(sandbox.engine, round_number, fan_out=fan_out)
     return result.model_dump_json()
 
 
