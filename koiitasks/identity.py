@@ -7,7 +7,6 @@ what makes seeded sandbox runs byte-for-byte reproducible.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -47,7 +46,9 @@ class Keypair:
 
     def __post_init__(self) -> None:
         # Computed once: base58 is pure Python and every signature names its signer.
-        object.__setattr__(self, "public_id", encode_b58(bytes(self.signing_key.verify_key)))
+        verify_key = self.signing_key.verify_key
+        object.__setattr__(self, "public_id", encode_b58(bytes(verify_key)))
+        _remember_key(self.public_id, verify_key)  # its id need never be decoded here
 
     @classmethod
     def generate(cls) -> Keypair:
@@ -74,9 +75,25 @@ _verified: set[tuple[str, str, bytes]] = set()
 _verified_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=65_536)
+_KEYS_MAX = 200_000
+_keys: dict[str, VerifyKey] = {}
+_keys_lock = threading.Lock()
+
+
+def _remember_key(public_id: str, key: VerifyKey) -> None:
+    with _keys_lock:
+        if len(_keys) >= _KEYS_MAX:
+            _keys.pop(next(iter(_keys)))  # the oldest: a bound, not a policy
+        _keys[public_id] = key
+
+
 def _verify_key(public_id: str) -> VerifyKey:
-    return VerifyKey(decode_b58(public_id))
+    """The verify key a base58 id names: decoded once (pure-Python base58), then kept."""
+    key = _keys.get(public_id)
+    if key is None:
+        key = VerifyKey(decode_b58(public_id))
+        _remember_key(public_id, key)
+    return key
 
 
 def verify(public_id: str, message: bytes, signature: str) -> None:

@@ -736,7 +736,9 @@ class RoundEngine:
                 outcome, reason = Outcome.REFUSED, tally.refused[node]
             else:
                 outcome, reason = Outcome.MISSING, "no answer"
-            nodes[node] = NodeResult(
+            # Built from values checked when they were stored: not validated again (at 10,000
+            # nodes validating them was 4% of a round, measured).
+            nodes[node] = NodeResult.model_construct(
                 behaviour=reg.behaviour,
                 outcome=outcome,
                 credit=entry.body.credits.get(node, 0),

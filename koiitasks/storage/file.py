@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,6 +23,20 @@ from koiitasks.errors import StorageUnavailable
 from koiitasks.storage.base import Store, check_key, check_prefix
 
 _TMP_PREFIX = ".tmp-"
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+_tmp_numbers = itertools.count()
+
+
+def _open_temp(folder: str) -> tuple[int, str]:
+    """A new temporary file in ``folder``, mode 0600, named by process and a counter: what
+    ``tempfile.mkstemp`` does, without its random names (a tenth of a round's CPU, measured).
+    A name left by a dead process with the same pid is skipped."""
+    while True:
+        tmp = os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}-{next(_tmp_numbers)}")
+        try:
+            return os.open(tmp, _TMP_FLAGS, 0o600), tmp
+        except FileExistsError:
+            continue
 
 
 class FileStore(Store):
@@ -82,7 +96,7 @@ class FileStore(Store):
             if folder not in self._folders:
                 os.makedirs(folder, exist_ok=True)
                 self._folders.add(folder)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
+            fd, tmp = _open_temp(folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         except OSError as e:
@@ -99,7 +113,7 @@ class FileStore(Store):
             if folder not in self._folders:
                 os.makedirs(folder, exist_ok=True)
                 self._folders.add(folder)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
+            fd, tmp = _open_temp(folder)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
