@@ -17,22 +17,14 @@
 #   MOTO_STOP_TIMEOUT  whole seconds between SIGTERM and SIGKILL  (10)
 set -euo pipefail
 
-repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=infra/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"  # repo, state_dir, python
 host="${MOTO_HOST:-127.0.0.1}"
 port="${MOTO_PORT:-5000}"
-state_dir="${KOII_INFRA_DIR:-$repo/.koiitasks/infra}"
 stop_timeout="${MOTO_STOP_TIMEOUT:-10}"
 pid_file="$state_dir/moto-server.pid"
 url_file="$state_dir/moto-server.url"
 log_file="$state_dir/moto-server.log"
-
-if [[ -n "${KOII_PYTHON:-}" ]]; then
-    python="$KOII_PYTHON"
-elif [[ -x "$repo/.venv/bin/python" ]]; then
-    python="$repo/.venv/bin/python"
-else
-    python="python3"
-fi
 
 usage() {
     echo "usage: $0 start|stop|status" >&2

@@ -22,21 +22,13 @@
 #   STOP_TIMEOUT      whole seconds between SIGTERM and SIGKILL  (20)
 set -euo pipefail
 
-repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=infra/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"  # repo, state_dir, python
 host=127.0.0.1
 port="${PREFECT_PORT:-4200}"
 pg_port="${PG_PORT:-5433}"
-state_dir="${KOII_INFRA_DIR:-$repo/.koiitasks/infra}"
 stop_timeout="${STOP_TIMEOUT:-20}"
 api_url="http://$host:$port/api"
-
-if [[ -n "${KOII_PYTHON:-}" ]]; then
-    python="$KOII_PYTHON"
-elif [[ -x "$repo/.venv/bin/python" ]]; then
-    python="$repo/.venv/bin/python"
-else
-    python="python3"
-fi
 
 usage() {
     sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
