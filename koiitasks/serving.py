@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -117,12 +117,14 @@ class Watch(threading.Thread):
         deployment_id: UUID,
         say: Callable[[list[str]], None],
         halted: Callable[[], bool] = lambda: False,
+        announced: Iterable[UUID] = (),
     ) -> None:
         super().__init__(name="koiitasks-recovery", daemon=True)
         self.plan, self.engine, self.deployment_id, self.say = plan, engine, deployment_id, say
         self.halted = halted
         self.stopped = threading.Event()
-        self._announced: set[UUID] = set()
+        # Re-runs already reported (at start): the same crashed run gives the same re-run.
+        self._announced: set[UUID] = set(announced)
 
     def run(self) -> None:
         while not self.stopped.wait(max(5.0, self.plan.round_ms / 1000)):
@@ -168,9 +170,17 @@ def serve(
     with prefect_api(f"create deployment {deployment.name!r}"):
         deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
     schedule_now(deployment_id)
-    lines = recover_and_report(plan, engine, deployment_id)
-    on_ready(deployment_id, lines)
-    watch = Watch(plan, engine, deployment_id, say, halted=lambda: runner.stopping)
+    report = recover(plan, engine, deployment_id)
+    emit(report.events)
+    on_ready(deployment_id, report.lines())
+    watch = Watch(
+        plan,
+        engine,
+        deployment_id,
+        say,
+        halted=lambda: runner.stopping,
+        announced=report.rerun_ids,
+    )
     watch.start()
     try:
         with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
