@@ -3,8 +3,9 @@
 The schedule is due at every round's first slot (``koiitasks/deployment.py``); each run works
 out its round from its scheduled start, so a run that starts late still knows which round it
 is. It runs the round's steps (:func:`flows.round.run_round_steps`) on the engine the task record
-calls for, waiting on the slot clock between phases, then publishes the round's artifacts, the
-task's latest balances, and events for slashes, rejected lists and missed rounds.
+calls for (simulated nodes, or the registered ones over HTTP), waiting on the slot clock between
+phases, then publishes the round's artifacts, the task's latest balances, and events for
+slashes, rejected lists and missed rounds.
 
 A run that starts after its round's execute window has closed does not run the round late: it
 records it as missed and ends Completed, in a state named ``Missed``. That is the deployment
@@ -95,13 +96,17 @@ def log_nodes(result: RoundResult) -> None:
     persist_result=False,
 )
 def deployed_round(
-    task_dir: str, store: str, round_number: int | None = None
+    task_dir: str, store: str, round_number: int | None = None, key_file: str | None = None
 ) -> dict[str, Any] | State[Any]:
-    """Run one round of a deployed task on the wall clock (the round its schedule says)."""
+    """Run one round of a deployed task on the wall clock (the round its schedule says).
+
+    ``key_file`` is the path of the orchestrator's key file, for rounds on registered remote
+    nodes: read here, never passed as a parameter itself.
+    """
     number = _round(task_dir, store, round_number)
     if number is None:
         return Cancelled(message=NOT_A_ROUND)
-    engine = open_deployed_engine(task_dir, store)
+    engine = open_deployed_engine(task_dir, store, key_file=key_file)
     try:
         if engine.is_missed(number):
             record = engine.missed_record(number)

@@ -10,7 +10,10 @@ start (not from when it happened to start), so a late run still knows which roun
 :func:`open_deployed_engine` is the seam between a deployment and its nodes: it builds the engine
 that the task record in the store calls for. A record of a sandbox network means simulated nodes
 run inside the flow on the wall clock (demos and tests); a record without one means the nodes
-registered in the store, reached over HTTP.
+registered in the store (``koiitasks node register``), reached over HTTP as ``koiitasks run
+--remote`` reaches them. Their rounds are signed with the orchestrator's key: the deployment's
+flow runs are given the key file's path (a parameter, shown in the UI), never the key, and read
+it on the machine that runs them.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from typing import Any
 
 from koiitasks.clock import Clock, Schedule, SlotClock, WallClock
 from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
+from koiitasks.identity import Keypair, load_key
 from koiitasks.live import LiveEngine
-from koiitasks.network import Network, load_network, open_sandbox_network
+from koiitasks.network import Network, open_remote_network, open_sandbox_network
 from koiitasks.nodes.runtime import NodeRuntime
 from koiitasks.nodes.sim import SimulatedPool
 from koiitasks.protocol import TaskRecord, decode
+from koiitasks.remote import build_remote
 from koiitasks.storage import Layout, Store, open_store
 from koiitasks.task import LoadedTask, load_task
 
@@ -55,6 +60,8 @@ class DeploymentPlan:
     schedule: Schedule
     slot_ms: int
     prefetch_s: float = DEFAULT_PREFETCH_S
+    #: The orchestrator's key file (an absolute path) for rounds on registered remote nodes.
+    key_file: str | None = None
 
     @property
     def name(self) -> str:
@@ -81,7 +88,8 @@ class DeploymentPlan:
 
     @property
     def parameters(self) -> dict[str, Any]:
-        return {"task_dir": self.task_dir, "store": self.store}
+        given = {"task_dir": self.task_dir, "store": self.store}
+        return given if self.key_file is None else {**given, "key_file": self.key_file}
 
     @property
     def live_rounds(self) -> int:
@@ -131,6 +139,23 @@ def read_task_record(store: Store, loaded: LoadedTask) -> TaskRecord | None:
     return None if raw is None else decode(raw, TaskRecord, where=Layout(loaded.task_id).task).body
 
 
+def load_orchestrator_key(
+    key_file: Path | str, record: TaskRecord | None, *, where: str
+) -> Keypair:
+    """The orchestrator's key from its file; refused, naming the file, if the task record in the
+    store (``where``) was made by another orchestrator."""
+    path = Path(key_file)
+    key = load_key(path)
+    if record is not None and key.public_id != record.orchestrator:
+        raise NetworkMismatchError(
+            f"key file {path} is orchestrator {key.public_id}, but task {record.task_id!r} in "
+            f"{where} was made by orchestrator {record.orchestrator}",
+            hint="pass the key file that made the task (its public key is the task's "
+            "orchestrator), or deploy to another --store",
+        )
+    return key
+
+
 def prepare_deployed_task(
     task_dir: Path | str,
     store_url: str,
@@ -138,43 +163,94 @@ def prepare_deployed_task(
     nodes: int | None = None,
     seed: int | None = None,
     adversaries: dict[str, int] | None = None,
+    key_file: Path | str | None = None,
     lead_ms: int = DEFAULT_LEAD_MS,
     clock: Clock | None = None,
 ) -> Network:
     """The task record a deployment runs from: made on the first deploy (with a real genesis),
-    checked on the next ones."""
+    checked on the next ones.
+
+    ``nodes`` makes simulated nodes; ``key_file`` (the orchestrator's) runs on the nodes
+    registered in the store, and must be the key that made the task record if there is one.
+    """
     loaded = load_task(task_dir)
     store = open_store(store_url)
     record = read_task_record(store, loaded)
-    if record is None and nodes is None:
+    simulated = nodes is not None or seed is not None or bool(adversaries)
+    if key_file is not None and simulated:
         raise ConfigError(
-            f"no task {loaded.task_id!r} in {store.url} and no --nodes",
-            hint="give --nodes N to run N simulated nodes on the wall clock, or register "
-            "remote nodes in the store first",
+            "--key runs the rounds on the nodes registered in the store; --nodes, --seed and "
+            "--adversary make simulated nodes",
+            hint="give either --key ORCHESTRATOR_KEY_FILE or --nodes N, not both",
         )
+    if record is None and nodes is None and key_file is None:
+        raise ConfigError(
+            f"no task {loaded.task_id!r} in {store.url} and no --nodes or --key",
+            hint="give --nodes N to run N simulated nodes on the wall clock, or --key "
+            "ORCHESTRATOR_KEY_FILE to run on the nodes registered in the store "
+            "(`koiitasks node register`)",
+        )
+    clock = clock or WallClock()
+    if key_file is not None:
+        return _prepare_remote(store, loaded, record, key_file, lead_ms=lead_ms, clock=clock)
     if record is not None and record.network is None:
-        if nodes is not None or seed is not None or adversaries:
-            raise NetworkMismatchError(
-                f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes",
-                hint="drop --nodes, --seed and --adversary, or use another --store",
-            )
-        return load_network(store, loaded.task_id, orchestrator=record.orchestrator)
+        error = NetworkMismatchError if simulated else ConfigError
+        raise error(
+            f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes: deploying "
+            "it needs the orchestrator's key file",
+            hint=f"give --key FILE, the key of orchestrator {record.orchestrator} that made the "
+            "task, and drop --nodes, --seed and --adversary (or use another --store)",
+        )
     if record is not None and record.genesis_ms == 0:
         raise NetworkMismatchError(
             f"{store.url} holds sandbox rounds of task {loaded.task_id!r} on simulated time "
             "(koiitasks run); a deployment runs on the wall clock",
             hint="deploy with another --store",
         )
-    genesis = aligned_genesis((clock or WallClock()).now_ms(), loaded.config.slot_ms, lead_ms)
+    genesis = aligned_genesis(clock.now_ms(), loaded.config.slot_ms, lead_ms)
     return open_sandbox_network(
         store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, genesis_ms=genesis
     )
 
 
+def _prepare_remote(
+    store: Store,
+    loaded: LoadedTask,
+    record: TaskRecord | None,
+    key_file: Path | str,
+    *,
+    lead_ms: int,
+    clock: Clock,
+) -> Network:
+    """The task record for registered nodes: made with a genesis ``lead_ms`` ahead, once some
+    node has registered (a record made earlier would leave its first rounds to be missed)."""
+    if record is not None and record.network is not None:
+        raise NetworkMismatchError(
+            f"task {loaded.task_id!r} in {store.url} runs on simulated nodes (deployed with "
+            "--nodes), not on registered ones",
+            hint="drop --key to deploy it as it is, or use another --store for registered nodes",
+        )
+    key = load_orchestrator_key(key_file, record, where=store.url)
+    if record is None and not store.list(Layout(loaded.task_id).nodes):
+        raise ConfigError(
+            f"no node is registered for task {loaded.task_id!r} in {store.url}",
+            hint="start nodes with `koiitasks node serve`, then `koiitasks node register` each "
+            "in this store, then deploy",
+        )
+    now_ms = clock.now_ms()
+    genesis = aligned_genesis(now_ms, loaded.config.slot_ms, lead_ms)
+    return open_remote_network(store, loaded, key, now_ms=now_ms, genesis_ms=genesis)
+
+
 def plan_deployment(
-    task_dir: Path | str, store_url: str, *, prefetch_s: float = DEFAULT_PREFETCH_S
+    task_dir: Path | str,
+    store_url: str,
+    *,
+    prefetch_s: float = DEFAULT_PREFETCH_S,
+    key_file: Path | str | None = None,
 ) -> DeploymentPlan:
-    """The deployment of a task that ``koiitasks deploy`` prepared in the store."""
+    """The deployment of a task that ``koiitasks deploy`` prepared in the store; ``key_file``
+    (made absolute) is the orchestrator's, for rounds on registered remote nodes."""
     loaded = load_task(task_dir)
     store = open_store(store_url)
     record = read_task_record(store, loaded)
@@ -197,13 +273,20 @@ def plan_deployment(
         ),
         slot_ms=config.slot_ms,
         prefetch_s=prefetch_s,
+        key_file=None if key_file is None else str(Path(key_file).absolute()),
     )
 
 
 def open_deployed_engine(
-    task_dir: Path | str, store_url: str, *, workers: int = 4, clock: Clock | None = None
+    task_dir: Path | str,
+    store_url: str,
+    *,
+    key_file: Path | str | None = None,
+    workers: int = 4,
+    clock: Clock | None = None,
 ) -> LiveEngine:
-    """The engine for a deployed task's rounds, on the nodes its task record names."""
+    """The engine for a deployed task's rounds, on the nodes its task record names: simulated
+    ones, or the registered ones (which need the orchestrator's ``key_file``)."""
     loaded = load_task(task_dir)
     store = open_store(store_url)
     record = read_task_record(store, loaded)
@@ -213,10 +296,22 @@ def open_deployed_engine(
             hint="run `koiitasks deploy TASK_DIR --store ...` first",
         )
     if record.network is None:
-        raise ConfigError(
-            f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes, which "
-            "deployed rounds cannot reach in this version",
-            hint="deploy simulated nodes with --nodes N on another --store",
+        if key_file is None:
+            raise ConfigError(
+                f"task {loaded.task_id!r} in {store.url} runs on registered remote nodes, and "
+                "no orchestrator key file was given to sign its rounds",
+                hint="deploy it with `koiitasks deploy TASK_DIR --store ... --key "
+                "ORCHESTRATOR_KEY_FILE`: its flow runs then get the file's path",
+            )
+        key = load_orchestrator_key(key_file, record, where=store.url)
+        remote = build_remote(loaded, store, key, clock=clock, engine_type=LiveEngine)
+        assert isinstance(remote.engine, LiveEngine)
+        return remote.engine
+    if key_file is not None:
+        raise NetworkMismatchError(
+            f"task {loaded.task_id!r} in {store.url} runs on simulated nodes; an orchestrator "
+            f"key file ({key_file}) is for registered ones",
+            hint="deploy it again without --key",
         )
     return _simulated_on_wall_clock(loaded, store, workers=workers, clock=clock or WallClock())
 

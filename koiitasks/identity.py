@@ -143,6 +143,12 @@ def save_key(keypair: Keypair, path: Path) -> None:
         f.write(body)
 
 
+_READABLE = (
+    "the user running koiitasks (and a deployment's flow runs) must own the file and be able "
+    "to read it: `chown` it, then `chmod 600` it"
+)
+
+
 def load_key(path: Path) -> Keypair:
     """Read a key file written by :func:`save_key`, refusing one others can read."""
     try:
@@ -152,7 +158,9 @@ def load_key(path: Path) -> Keypair:
             f"key file {path} does not exist", hint="create one with `koiitasks node keygen`"
         ) from e
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        raise KeyFileError(f"cannot read key file {path!r}: {getattr(e, 'strerror', e)}") from e
+        raise KeyFileError(
+            f"cannot read key file {path!r}: {getattr(e, 'strerror', e)}", hint=_READABLE
+        ) from e
     mode = info.st_mode
     if not stat.S_ISREG(mode):  # a FIFO would block the read forever, a device never end
         raise KeyFileError(f"key file {path} is not a regular file")
@@ -166,7 +174,7 @@ def load_key(path: Path) -> Keypair:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from e
+        raise KeyFileError(f"cannot read key file {path}: {e.strerror}", hint=_READABLE) from e
     try:
         doc = json.loads(raw)
         keypair = Keypair(SigningKey(decode_b58(doc["secret"])))

@@ -203,12 +203,18 @@ def load_network(store: Store, task_id: str, *, orchestrator: str | None = None)
 
 
 def open_remote_network(
-    store: Store, loaded: LoadedTask, orchestrator: Keypair, *, now_ms: int
+    store: Store,
+    loaded: LoadedTask,
+    orchestrator: Keypair,
+    *,
+    now_ms: int,
+    genesis_ms: int | None = None,
 ) -> Network:
     """The task record for remote nodes (made on first use) and the nodes registered so far.
 
-    A new record's genesis is the first slot boundary after ``now_ms``, so round 0 starts within
-    a slot. A store made by another orchestrator key, or for a sandbox, is refused.
+    A new record's genesis is ``genesis_ms`` if given (a deployment's, on a slot boundary a
+    little ahead), else the first slot boundary after ``now_ms``, so round 0 starts within a
+    slot. A store made by another orchestrator key, or for a sandbox, is refused.
     """
     layout = Layout(loaded.task_id)
     raw = store.read_or_none(layout.task)
@@ -220,7 +226,7 @@ def open_remote_network(
                 task_name=loaded.config.task_name,
                 config=_config_doc(loaded),
                 orchestrator=orchestrator.public_id,
-                genesis_ms=(now_ms // slot_ms + 1) * slot_ms,
+                genesis_ms=(now_ms // slot_ms + 1) * slot_ms if genesis_ms is None else genesis_ms,
                 starting_slot=0,
             ),
             orchestrator,

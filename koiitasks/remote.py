@@ -10,7 +10,8 @@ Rounds start in the future. A round's request goes out at its first slot, so the
 measured from it is the node's, not the orchestrator's lateness: :meth:`Remote.upcoming_round`
 is the first round that has not started yet. ``koiitasks run --remote --rounds R`` runs one round
 at a time, so a round that starts while another is still being audited or paid is left out (it
-never appears in the ledger); a deployment that starts one flow per round would run them all.
+never appears in the ledger); ``koiitasks deploy --key`` starts one flow run per round and runs
+them all (:func:`koiitasks.deployment.open_deployed_engine`).
 """
 
 from __future__ import annotations
@@ -109,8 +110,12 @@ def build_remote(
     clock: Clock | None = None,
     skew_tolerance_slots: int = 1,
     concurrency: int = DEFAULT_CONCURRENCY,
+    engine_type: type[RoundEngine] = RoundEngine,
 ) -> Remote:
-    """A new remote orchestrator (not cached): the task record, the registry, pool and engine."""
+    """A new remote orchestrator (not cached): the task record, the registry, pool and engine.
+
+    ``engine_type`` is :class:`~koiitasks.live.LiveEngine` for a deployment's rounds, which
+    overlap, one flow-run process each."""
     if skew_tolerance_slots < 0:
         raise ConfigError(f"--skew-tolerance-slots must be 0 or more, got {skew_tolerance_slots}")
     clock = clock or WallClock()
@@ -137,7 +142,7 @@ def build_remote(
         concurrency=concurrency,
     )
     try:
-        engine = RoundEngine(
+        engine = engine_type(
             config=config,
             store=store,
             network=network,

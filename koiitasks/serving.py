@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 from koiitasks.deployment import DeploymentPlan
+from koiitasks.errors import OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
 from koiitasks.recovery import RecoveryReport, prefect_api, recover
@@ -103,7 +104,11 @@ def recover_and_report(
 
 class Watch(threading.Thread):
     """While serving, recovery once a round: re-runs rounds whose flow-run process died (a
-    server restart cuts a starting process off the API) while their round can still settle."""
+    server restart cuts a starting process off the API) while their round can still settle.
+
+    ``halted`` says the runner is shutting down: its runs are then crashed on purpose (SIGTERM,
+    Ctrl-C) and must not be re-run; the next ``koiitasks deploy`` recovers them.
+    """
 
     def __init__(
         self,
@@ -111,14 +116,20 @@ class Watch(threading.Thread):
         engine: LiveEngine,
         deployment_id: UUID,
         say: Callable[[list[str]], None],
+        halted: Callable[[], bool] = lambda: False,
+        announced: Iterable[UUID] = (),
     ) -> None:
         super().__init__(name="koiitasks-recovery", daemon=True)
         self.plan, self.engine, self.deployment_id, self.say = plan, engine, deployment_id, say
+        self.halted = halted
         self.stopped = threading.Event()
-        self._announced: set[UUID] = set()
+        # Re-runs already reported (at start): the same crashed run gives the same re-run.
+        self._announced: set[UUID] = set(announced)
 
     def run(self) -> None:
         while not self.stopped.wait(max(5.0, self.plan.round_ms / 1000)):
+            if self.halted():
+                continue
             try:
                 report = recover(self.plan, self.engine, self.deployment_id, starting=False)
             except Exception as e:  # noqa: BLE001 - the server may be restarting: next round
@@ -159,15 +170,41 @@ def serve(
     with prefect_api(f"create deployment {deployment.name!r}"):
         deployment_id: UUID = runner.add_deployment(deployment)  # type: ignore[assignment]
     schedule_now(deployment_id)
-    lines = recover_and_report(plan, engine, deployment_id)
-    on_ready(deployment_id, lines)
-    watch = Watch(plan, engine, deployment_id, say)
+    report = recover(plan, engine, deployment_id)
+    emit(report.events)
+    on_ready(deployment_id, report.lines())
+    watch = Watch(
+        plan,
+        engine,
+        deployment_id,
+        say,
+        halted=lambda: runner.stopping,
+        announced=report.rerun_ids,
+    )
     watch.start()
     try:
         with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
             asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        # Prefect's runner gives up after its API failed three polls in a row, each retried
+        # for about a minute: a server down for minutes. Say so; a restart recovers the runs.
+        raise OrchestrationError(
+            f"stopped serving {plan.task_id!r}: Prefect's runner lost the API at "
+            f"{_api_url()} ({type(e).__name__}: {e})",
+            hint="start `koiitasks deploy` again once the server is up (`infra/stack.sh "
+            "status`): it re-runs the interrupted rounds that can still settle and records the "
+            "others as missed",
+        ) from e
     finally:
         watch.stopped.set()
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415
+
+    return str(PREFECT_API_URL.value())
 
 
 def prefect_yaml(plan: DeploymentPlan, *, work_pool: str) -> str:

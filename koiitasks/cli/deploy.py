@@ -21,8 +21,17 @@ def deploy(
         int | None,
         typer.Option(
             help="Run N simulated nodes inside each round's flow, on the wall clock (demos, "
-            "tests). Without it: the nodes registered in the store.",
+            "tests). Without it: the nodes registered in the store (with --key).",
             min=2,
+        ),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="The orchestrator's key file (`koiitasks node keygen`): rounds go to the nodes "
+            "registered in the store (`koiitasks node register`). Flow runs get its path, "
+            "never its contents, and read it where they run.",
         ),
     ] = None,
     seed: Annotated[
@@ -71,6 +80,7 @@ def deploy(
     `PREFECT_API_URL` names it (`infra/stack.sh start` starts one). Examples:
 
         koiitasks deploy examples/hash-puzzle --store ./deployed --nodes 8
+        koiitasks deploy examples/hash-puzzle --store ./remote --key orchestrator.json
         koiitasks deploy examples/hash-puzzle --store ./deployed --work-pool rounds
     """
     # A long-running service: its log is the rounds' log (summaries, unpaid nodes by id).
@@ -101,14 +111,15 @@ def deploy(
         nodes=nodes,
         seed=seed,
         adversaries=parse_adversaries(adversary) if adversary else None,
+        key_file=key,
         lead_ms=int(start_in * 1000),
     )
-    plan = deployment.plan_deployment(task_dir, url, prefetch_s=prefetch)
+    plan = deployment.plan_deployment(task_dir, url, prefetch_s=prefetch, key_file=key)
     if prefect_yaml is not None and work_pool:
         prefect_yaml.write_text(serving.prefect_yaml(plan, work_pool=work_pool))
         out.print(f"wrote {prefect_yaml}", markup=False, highlight=False)
         return
-    engine = deployment.open_deployed_engine(task_dir, url)
+    engine = deployment.open_deployed_engine(task_dir, url, key_file=plan.key_file)
 
     def ready(deployment_id: UUID, lines: list[str]) -> None:
         now_round = plan.round_at_ms(engine.slot_clock.clock.now_ms())

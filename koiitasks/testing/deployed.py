@@ -47,8 +47,10 @@ class DeployProcess:
         *,
         options: tuple[str, ...] = (),
         work_pool: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.task_dir = Path(task_dir)
+        self.extra_env = dict(extra_env or {})
         self.store = Path(store)
         self.api_url = api_url
         self.home = Path(home)
@@ -74,6 +76,7 @@ class DeployProcess:
                 ),
             }
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> DeployProcess:
@@ -121,6 +124,22 @@ class DeployProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def wait_exit(self, *, timeout_s: float) -> int:
+        """Wait for the process to end by itself; its exit code (fails with the log if it is
+        still running after ``timeout_s``)."""
+        if self.process is None:
+            raise KoiiTasksError("koiitasks deploy was not started")
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as e:
+            raise KoiiTasksError(
+                f"koiitasks deploy still running after {timeout_s:.0f}s:\n{self.log()[-4000:]}"
+            ) from e
+        stop_session(self.process, grace_s=5)  # flow-run processes it may have left behind
+        self.process = None
+        self._close_log()
+        return code
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -158,6 +158,16 @@ class PrefectServer:
         self.stop()
         self.start()
 
+    def crash(self) -> None:
+        """SIGKILL the server and everything it started, at once, as a crashed machine would
+        stop it; :meth:`start` starts it again on the same port, home and database."""
+        if self.process is not None:
+            kill_tree(self.process)
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def __enter__(self) -> PrefectServer:
         try:
             return self.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ import yaml
 from prefect.cli.deploy._models import DeploymentConfig
 
 from koiitasks.deployment import plan_deployment
+from koiitasks.identity import Keypair, save_key
+from koiitasks.network import open_remote_network, register_node
+from koiitasks.storage import FileStore, Layout
+from koiitasks.task import load_task
 from tests.conftest import HASH_PUZZLE, ROOT
+
+#: A Prefect API nothing answers: these commands stop before they would call it.
+NO_SERVER = "http://127.0.0.1:9/api"
 
 
 def koiitasks(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -84,3 +92,85 @@ class TestDeployCommand:
         document = yaml.safe_load(path.read_text())
         configs = [DeploymentConfig.model_validate(d) for d in document["deployments"]]
         assert [c.entrypoint for c in configs] == ["flows/deployed.py:deployed_round"]
+
+
+def registered_store(tmp_path: Path, *, orchestrator: Keypair | None = None) -> Path:
+    """A store with one registered node and, given an orchestrator, its task record."""
+    store = FileStore(tmp_path / "remote")
+    loaded = load_task(HASH_PUZZLE)
+    node = Keypair.from_seed(b"a registered node")
+    register_node(store, loaded, node, url="http://127.0.0.1:9", stake=10**10)
+    if orchestrator is not None:
+        open_remote_network(store, loaded, orchestrator, now_ms=1_800_000_000_000)
+    return tmp_path / "remote"
+
+
+def missing_key(tmp_path: Path) -> tuple[Path, Path]:
+    return registered_store(tmp_path), tmp_path / "nowhere" / "orchestrator.json"
+
+
+def key_readable_by_others(tmp_path: Path) -> tuple[Path, Path]:
+    save_key(Keypair.generate(), tmp_path / "orchestrator.json")
+    (tmp_path / "orchestrator.json").chmod(0o644)
+    return registered_store(tmp_path), tmp_path / "orchestrator.json"
+
+
+def another_orchestrators_key(tmp_path: Path) -> tuple[Path, Path]:
+    save_key(Keypair.generate(), tmp_path / "orchestrator.json")
+    return registered_store(tmp_path, orchestrator=Keypair.generate()), (
+        tmp_path / "orchestrator.json"
+    )
+
+
+def not_a_key(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "orchestrator.json").write_text("{}")
+    (tmp_path / "orchestrator.json").chmod(0o600)
+    return registered_store(tmp_path), tmp_path / "orchestrator.json"
+
+
+class TestDeployOnRegisteredNodes:
+    """`koiitasks deploy --key`: what it refuses before it deploys anything."""
+
+    @pytest.mark.parametrize(
+        ("make", "says"),
+        [
+            pytest.param(missing_key, "does not exist", id="missing"),
+            pytest.param(key_readable_by_others, "chmod 600", id="readable-by-others"),
+            pytest.param(not_a_key, "is malformed", id="malformed"),
+            pytest.param(another_orchestrators_key, "was made by orchestrator", id="wrong-key"),
+        ],
+    )
+    def test_a_bad_orchestrator_key_file_exits_2_naming_it(
+        self,
+        cli_env: dict[str, str],
+        tmp_path: Path,
+        make: Callable[[Path], tuple[Path, Path]],
+        says: str,
+    ) -> None:
+        """Exit 2 with a message that names the key file and says what to do; no traceback,
+        and no task record written for a key that could not sign."""
+        store, key = make(tmp_path)
+        had_record = (store / Layout("hash-puzzle").task).exists()
+        proc = koiitasks(
+            "deploy", str(HASH_PUZZLE), "--store", str(store), "--key", str(key),
+            env={**cli_env, "PREFECT_API_URL": NO_SERVER}, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert str(key) in proc.stderr
+        assert says in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert (store / Layout("hash-puzzle").task).exists() == had_record
+
+    def test_a_task_of_registered_nodes_needs_the_key(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """Deploying a task of registered nodes again without --key says to add it."""
+        store = registered_store(tmp_path, orchestrator=Keypair.generate())
+        proc = koiitasks(
+            "deploy", str(HASH_PUZZLE), "--store", str(store),
+            env={**cli_env, "PREFECT_API_URL": NO_SERVER}, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "needs the orchestrator's key file" in proc.stderr
+        assert "--key FILE" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -1,5 +1,6 @@
 """Specifications of a restart mid-round: the serve process and every flow-run process it
-started are killed at once (SIGKILL), then `koiitasks deploy` is started again.
+started are killed at once (SIGKILL), then `koiitasks deploy` is started again; or the Prefect
+server is killed (SIGKILL) and started again on the same port and database.
 
 Recovery marks the dead runs crashed and re-runs their rounds from the store; rounds that can
 no longer settle are recorded as missed. Whatever the timing, every round is in the ledger
@@ -8,17 +9,23 @@ exactly once, paid or missed, and the ledger verifies.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from koiitasks.ledger import verify_ledger
+from koiitasks.ledger import LedgerState, verify_ledger
 from koiitasks.storage import FileStore, Layout
 from koiitasks.testing.deployed import DeployProcess, deployment_runs
 from koiitasks.testing.processes import PrefectServer
-from tests.deploy.conftest import deploy_process, deployed_task
+from tests.deploy.conftest import DEPLOY_OPTIONS, deploy_process, deployed_task
 
 pytestmark = pytest.mark.slow
+
+#: How long the Prefect server stays down: longer than Prefect's runner tolerates by default
+#: (three failed polls in a row, 15 s here), as a restart onto a new version or a busy
+#: database takes.
+SERVER_DOWN_S = 30
 
 
 def rounds_in_progress(deployed: DeployProcess, store: FileStore) -> list[int]:
@@ -31,6 +38,17 @@ def rounds_in_progress(deployed: DeployProcess, store: FileStore) -> list[int]:
         if "/submissions/" in key
     }
     return sorted(submitted - settled)
+
+
+def assert_each_round_once(ledger: LedgerState, store: FileStore, task_id: str) -> None:
+    """Every round from 0 in the ledger once, in order, paid or recorded missed, verified."""
+    rounds = [entry.body.round for entry in ledger.entries]
+    assert rounds == list(range(len(rounds)))
+    assert verify_ledger(store, task_id).entries == len(rounds)
+    layout = Layout(task_id)
+    for entry in ledger.entries:
+        assert entry.body.distribution_accepted or store.exists(layout.missed(entry.body.round))
+        assert entry.body.round_credited <= entry.body.bounty
 
 
 class TestRestart:
@@ -96,3 +114,101 @@ class TestRestart:
             assert rerun.name == f"{task_id}-round-{number}"
             assert rerun.state is not None
             assert rerun.state.is_completed()
+
+
+class TestServerRestart:
+    """Killing the Prefect server mid-round and starting it again pays every round once."""
+
+    def test_a_server_killed_mid_round_and_started_again_leaves_every_round_paid_once(
+        self, tmp_path: Path
+    ) -> None:
+        """`koiitasks deploy` rides out the outage: the interrupted round settles (or is
+        re-run, or recorded missed), the next rounds are paid, and the ledger holds each round
+        once, in order, verified."""
+        task_dir = deployed_task(
+            tmp_path, "ServerRestarted", round_time=48, submission_window=12, audit_window=12
+        )
+        store = FileStore(tmp_path / "store")
+        # A server of its own: the session's server must not go down under other specs.
+        with PrefectServer(tmp_path / "prefect") as server:
+            deployed = deploy_process(tmp_path, task_dir, server, "--nodes", "5", "--seed", "22")
+            with deployed:
+                deployed.wait_for(
+                    lambda: bool(rounds_in_progress(deployed, store)),
+                    timeout_s=180,
+                    what="a round in progress",
+                )
+                interrupted = rounds_in_progress(deployed, store)
+                server.crash()
+                down_at = time.monotonic()
+                time.sleep(SERVER_DOWN_S)
+                server.start()
+                down_s = time.monotonic() - down_at
+                # Rounds due while the server was down are recorded missed; a later one pays.
+                deployed.wait_for(
+                    lambda: any(
+                        e.body.distribution_accepted and e.body.round > max(interrupted)
+                        for e in deployed.ledger().entries
+                    ),
+                    timeout_s=240,
+                    what=f"a round after the interrupted {interrupted} to be paid",
+                )
+                assert deployed.process is not None
+                assert deployed.process.poll() is None, "koiitasks deploy exited"
+            task_id = deployed.task_id
+            ledger = deployed.ledger()
+            assert_each_round_once(ledger, store, task_id)
+            assert down_s >= SERVER_DOWN_S
+            runs = deployment_runs(server.api_url, task_id)
+        names = {r.name for r in runs}
+        assert {f"{task_id}-round-{n}" for n in range(len(ledger.entries))} <= names
+
+    def test_a_deploy_that_gives_up_on_a_lost_server_exits_2_and_a_restart_recovers(
+        self, tmp_path: Path
+    ) -> None:
+        """When Prefect's runner gives up on the API (three failed polls in a row; minutes of
+        outage by default, seconds here with client retries off), `koiitasks deploy` exits 2
+        saying to start it again; started again once the server is back, it recovers: every
+        round once in the ledger, a later round paid."""
+        task_dir = deployed_task(
+            tmp_path, "ServerLost", round_time=48, submission_window=12, audit_window=12
+        )
+        store = FileStore(tmp_path / "store")
+        nodes = ("--nodes", "5", "--seed", "23")
+        with PrefectServer(tmp_path / "prefect") as server:
+            first = DeployProcess(
+                task_dir,
+                tmp_path / "store",
+                server.api_url,
+                tmp_path / "client-home",
+                options=(*nodes, *DEPLOY_OPTIONS),
+                extra_env={"PREFECT_CLIENT_MAX_RETRIES": "0"},
+            )
+            with first:
+                first.wait_for(
+                    lambda: bool(rounds_in_progress(first, store)),
+                    timeout_s=180,
+                    what="a round in progress",
+                )
+                interrupted = rounds_in_progress(first, store)
+                server.crash()
+                code = first.wait_exit(timeout_s=180)
+            log = first.log()
+            assert code == 2, log[-4000:]
+            said = log[log.index("error: stopped serving") :]
+            assert "lost the API" in said
+            assert "start `koiitasks deploy` again once the server is up" in said
+            assert "Traceback" not in said
+
+            server.start()
+            second = deploy_process(tmp_path, task_dir, server, *nodes)
+            with second:
+                second.wait_for(
+                    lambda: any(
+                        e.body.distribution_accepted and e.body.round > max(interrupted)
+                        for e in second.ledger().entries
+                    ),
+                    timeout_s=240,
+                    what=f"a round after the interrupted {interrupted} to be paid",
+                )
+            assert_each_round_once(second.ledger(), store, second.task_id)

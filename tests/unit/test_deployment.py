@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +22,10 @@ from koiitasks.deployment import (
     prepare_deployed_task,
 )
 from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
-from koiitasks.identity import Keypair
+from koiitasks.identity import Keypair, save_key
+from koiitasks.live import LiveEngine
+from koiitasks.network import register_node
+from koiitasks.nodes.http import HttpPool
 from koiitasks.protocol import TaskRecord, sign
 from koiitasks.storage import FileStore, Layout, open_store
 from koiitasks.task import load_task
@@ -155,7 +159,7 @@ class TestPrepare:
 
     def test_a_new_store_needs_nodes(self) -> None:
         """Without a task record and without --nodes there is nothing to run on."""
-        with pytest.raises(ConfigError, match=r"no task 'hash-puzzle' .* and no --nodes"):
+        with pytest.raises(ConfigError, match=r"no task 'hash-puzzle' .* and no --nodes or --key"):
             prepare_deployed_task(HASH_PUZZLE, new_url())
 
     def test_a_store_of_simulated_sandbox_rounds_is_refused(self, tmp_path: Path) -> None:
@@ -181,10 +185,13 @@ class TestPrepare:
             prepare_deployed_task(HASH_PUZZLE, url, nodes=5)
 
 
+REMOTE_ORCHESTRATOR = Keypair.from_seed(b"remote orchestrator")
+
+
 def remote_record(url: str) -> None:
     """A task record with no sandbox network: a task of registered remote nodes."""
     loaded = load_task(HASH_PUZZLE)
-    orchestrator = Keypair.from_seed(b"remote orchestrator")
+    orchestrator = REMOTE_ORCHESTRATOR
     record = TaskRecord(
         task_id=loaded.task_id,
         task_name=loaded.config.task_name,
@@ -211,15 +218,95 @@ class TestSeam:
         finally:
             engine.pool.close()
 
-    def test_a_record_of_remote_nodes_says_they_are_not_reachable_yet(self) -> None:
-        """Registered remote nodes are the other branch of the seam; until it is wired the
-        error says so and how to deploy simulated nodes instead."""
+    def test_a_record_of_remote_nodes_runs_on_them_over_http(self, tmp_path: Path) -> None:
+        """Registered remote nodes are the other branch of the seam: with the orchestrator's key
+        file, a live engine whose pool calls the registered URLs."""
+        url = new_url()
+        remote_record(url)
+        node = Keypair.from_seed(b"remote node")
+        register_node(
+            open_store(url), load_task(HASH_PUZZLE), node, url="http://127.0.0.1:9", stake=10**10
+        )
+        save_key(REMOTE_ORCHESTRATOR, tmp_path / "orchestrator.json")
+        engine = open_deployed_engine(HASH_PUZZLE, url, key_file=tmp_path / "orchestrator.json")
+        try:
+            assert isinstance(engine, LiveEngine)
+            assert isinstance(engine.pool, HttpPool)
+            assert engine.slot_clock.genesis_ms == NOW_MS
+            assert engine.eligible(0) == [node.public_id]
+        finally:
+            engine.pool.close()
+
+    def test_a_record_of_remote_nodes_needs_the_orchestrator_key_file(self) -> None:
+        """Without a key file nothing can sign the rounds: the error says how to deploy."""
         url = new_url()
         remote_record(url)
         with pytest.raises(ConfigError, match="registered remote nodes") as caught:
             open_deployed_engine(HASH_PUZZLE, url)
-        assert caught.value.hint is not None
-        assert "--nodes" in caught.value.hint
+        assert "--key ORCHESTRATOR_KEY_FILE" in str(caught.value.hint)
+
+    def test_another_orchestrator_key_file_is_refused_by_name(self, tmp_path: Path) -> None:
+        """A key file that did not make the task record is named, with both public keys."""
+        url = new_url()
+        remote_record(url)
+        other = Keypair.from_seed(b"another orchestrator")
+        save_key(other, tmp_path / "other.json")
+        with pytest.raises(NetworkMismatchError, match=r"other\.json") as caught:
+            open_deployed_engine(HASH_PUZZLE, url, key_file=tmp_path / "other.json")
+        assert REMOTE_ORCHESTRATOR.public_id in caught.value.message
+        assert other.public_id in caught.value.message
+
+    def test_a_first_deploy_on_registered_nodes_records_a_real_genesis(
+        self, tmp_path: Path
+    ) -> None:
+        """`deploy --key` on a store with registered nodes makes the task record, signed by the
+        key, with the aligned genesis and no simulated network."""
+        url = new_url()
+        key = Keypair.from_seed(b"deploying orchestrator")
+        save_key(key, tmp_path / "orchestrator.json")
+        node = Keypair.from_seed(b"registered node")
+        register_node(
+            open_store(url), load_task(HASH_PUZZLE), node, url="http://127.0.0.1:9", stake=10**10
+        )
+        network = prepare_deployed_task(
+            HASH_PUZZLE,
+            url,
+            key_file=tmp_path / "orchestrator.json",
+            clock=SimulatedClock(NOW_MS),
+            lead_ms=10_000,
+        )
+        assert network.task.network is None
+        assert network.record.signer == key.public_id
+        assert network.task.genesis_ms == aligned_genesis(NOW_MS, 400, 10_000)
+        assert set(network.nodes) == {node.public_id}
+        plan = plan_deployment(HASH_PUZZLE, url, key_file=tmp_path / "orchestrator.json")
+        assert plan.parameters["key_file"] == str((tmp_path / "orchestrator.json").absolute())
+
+    def test_a_first_deploy_on_registered_nodes_needs_one_registered(self, tmp_path: Path) -> None:
+        """No registered node: refused before any record is written (its genesis would pass)."""
+        url = new_url()
+        save_key(REMOTE_ORCHESTRATOR, tmp_path / "orchestrator.json")
+        with pytest.raises(ConfigError, match="no node is registered"):
+            prepare_deployed_task(HASH_PUZZLE, url, key_file=tmp_path / "orchestrator.json")
+        assert not open_store(url).exists(Layout("hash-puzzle").task)
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            pytest.param({"nodes": 4}, id="nodes"),
+            pytest.param({"seed": 1}, id="seed"),
+            pytest.param({"adversaries": {"lazy": 1}}, id="adversary"),
+        ],
+    )
+    def test_a_key_file_and_simulated_nodes_are_one_or_the_other(
+        self, tmp_path: Path, options: dict[str, Any]
+    ) -> None:
+        """--key (registered nodes) with --nodes, --seed or --adversary is refused."""
+        save_key(REMOTE_ORCHESTRATOR, tmp_path / "orchestrator.json")
+        with pytest.raises(ConfigError, match="--key runs the rounds on the nodes registered"):
+            prepare_deployed_task(
+                HASH_PUZZLE, new_url(), key_file=tmp_path / "orchestrator.json", **options
+            )
 
     def test_simulated_nodes_are_not_added_to_a_remote_task(self) -> None:
         """--nodes on a store of remote nodes is refused rather than mixed in."""
