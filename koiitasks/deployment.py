@@ -24,15 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from koiitasks.clock import Clock, Schedule, SlotClock, WallClock
+from koiitasks.clock import Clock, Schedule, WallClock
 from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
 from koiitasks.identity import Keypair, load_key
 from koiitasks.live import LiveEngine
 from koiitasks.network import Network, open_remote_network, open_sandbox_network
-from koiitasks.nodes.runtime import NodeRuntime
-from koiitasks.nodes.sim import SimulatedPool
 from koiitasks.protocol import TaskRecord, decode
 from koiitasks.remote import build_remote
+from koiitasks.sandbox import simulated_nodes
 from koiitasks.storage import Layout, Store, open_store
 from koiitasks.task import LoadedTask, load_task
 
@@ -322,41 +321,9 @@ def _simulated_on_wall_clock(
     """Simulated nodes, run inside the flow, answering on the real slot clock."""
     network = open_sandbox_network(store, loaded, nodes=None, seed=None, adversaries=None)
     assert network.orchestrator_key is not None
-    config = loaded.config
-    slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
-    schedule = Schedule(
-        starting_slot=network.task.starting_slot,
-        round_time=config.round_time,
-        submission_window=config.submission_window,
-        audit_window=config.audit_window,
-    )
-    runtimes = {
-        node_id: NodeRuntime(
-            loaded,
-            key,
-            schedule=schedule,
-            slot_clock=slot_clock,
-            orchestrator=network.orchestrator_key.public_id,
-        )
-        for node_id, key in network.keys.items()
-    }
-    assert network.task.network is not None
-    pool = SimulatedPool(
-        runtimes,
-        network.behaviours(),
-        schedule=schedule,
-        slot_ms=config.slot_ms,
-        clock=clock,
-        seed=network.task.network.seed,
-        workers=workers,
-        # Answers are due before the submission window closes.
-        hook_timeout_s=max(
-            1.0, (config.round_time + config.submission_window) * config.slot_ms / 1000
-        ),
-        live=slot_clock,
-    )
+    slot_clock, pool = simulated_nodes(loaded, network, clock, workers=workers, live=True)
     return LiveEngine(
-        config=config,
+        config=loaded.config,
         store=store,
         network=network,
         orchestrator=network.orchestrator_key,

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from koiitasks.clock import Schedule, SimulatedClock, SlotClock
+from koiitasks.clock import Clock, Schedule, SimulatedClock, SlotClock
 from koiitasks.errors import NetworkMismatchError, RoundError
 from koiitasks.network import Network, open_sandbox_network
 from koiitasks.nodes.runtime import NodeRuntime
@@ -107,6 +107,53 @@ def open_sandbox(
         return _cache[key]
 
 
+def simulated_nodes(
+    loaded: LoadedTask,
+    network: Network,
+    clock: Clock,
+    *,
+    workers: int,
+    hook_timeout_s: float | None = None,
+    live: bool = False,
+) -> tuple[SlotClock, SimulatedPool]:
+    """The network's nodes simulated in this process on ``clock``: a runtime per node key
+    behind one pool, and the slot clock they answer on. Hooks time out when the submission
+    window closes unless ``hook_timeout_s`` says otherwise; ``live`` nodes answer on the real
+    slot clock (a deployment) instead of simulated time."""
+    assert network.orchestrator_key is not None
+    config = loaded.config
+    slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
+    schedule = Schedule(
+        starting_slot=network.task.starting_slot,
+        round_time=config.round_time,
+        submission_window=config.submission_window,
+        audit_window=config.audit_window,
+    )
+    runtimes = {
+        node_id: NodeRuntime(
+            loaded,
+            key,
+            schedule=schedule,
+            slot_clock=slot_clock,
+            orchestrator=network.orchestrator_key.public_id,
+        )
+        for node_id, key in network.keys.items()
+    }
+    window_s = (config.round_time + config.submission_window) * config.slot_ms / 1000
+    pool = SimulatedPool(
+        runtimes,
+        network.behaviours(),
+        schedule=schedule,
+        slot_ms=config.slot_ms,
+        clock=clock,
+        seed=network.task.network.seed if network.task.network else 0,
+        workers=workers,
+        hook_timeout_s=hook_timeout_s if hook_timeout_s is not None else max(1.0, window_s),
+        live=slot_clock if live else None,
+    )
+    return slot_clock, pool
+
+
 def build_sandbox(
     loaded: LoadedTask,
     store: Store,
@@ -138,33 +185,8 @@ def build_sandbox(
         )
     config = loaded.config
     clock = SimulatedClock()
-    slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
-    schedule = Schedule(
-        starting_slot=network.task.starting_slot,
-        round_time=config.round_time,
-        submission_window=config.submission_window,
-        audit_window=config.audit_window,
-    )
-    runtimes = {
-        node_id: NodeRuntime(
-            loaded,
-            key,
-            schedule=schedule,
-            slot_clock=slot_clock,
-            orchestrator=network.orchestrator_key.public_id,
-        )
-        for node_id, key in network.keys.items()
-    }
-    window_s = (config.round_time + config.submission_window) * config.slot_ms / 1000
-    pool = SimulatedPool(
-        runtimes,
-        network.behaviours(),
-        schedule=schedule,
-        slot_ms=config.slot_ms,
-        clock=clock,
-        seed=network.task.network.seed if network.task.network else 0,
-        workers=workers,
-        hook_timeout_s=hook_timeout_s if hook_timeout_s is not None else max(1.0, window_s),
+    slot_clock, pool = simulated_nodes(
+        loaded, network, clock, workers=workers, hook_timeout_s=hook_timeout_s
     )
     engine = RoundEngine(
         config=config,
