@@ -76,11 +76,19 @@ class TestRestart:
             first.crash()
 
         second = deploy_process(tmp_path, task_dir, sqlite_server, *nodes)
+
+        def settled_and_reruns_done() -> bool:
+            # Stopping the process while a re-run publishes its artifacts would crash it.
+            if max(second.ledger_rounds(), default=-1) < max(interrupted) + 2:
+                return False
+            runs = deployment_runs(sqlite_server.api_url, second.task_id)
+            return all(r.state and r.state.is_final() for r in runs if "rerun" in r.tags)
+
         with second:
             second.wait_for(
-                lambda: max(second.ledger_rounds(), default=-1) >= max(interrupted) + 2,
+                settled_and_reruns_done,
                 timeout_s=180,
-                what=f"rounds after the interrupted {interrupted} to settle",
+                what=f"rounds after the interrupted {interrupted} to settle, re-runs to finish",
             )
         log = second.log()
         task_id = first.task_id
