@@ -28,7 +28,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.round import AuditSlice, FanOut, Shard, run_round_steps
+from flows.round import AuditSlice, FanOut, Shard, gather, run_round_steps
 from koiitasks import cluster
 from koiitasks.cluster import RoundMoment, SandboxSpec
 from koiitasks.errors import ClusterError, ConfigError
@@ -56,22 +56,7 @@ def audit_shard(
 
 
 def _gather(futures: list[PrefectFuture[T]], step: str) -> list[T]:
-    """Every shard's result; one error naming how many shards failed if any did."""
-    results: list[T] = []
-    errors: list[Exception] = []
-    for future in futures:
-        try:
-            results.append(future.result())
-        except Exception as e:  # noqa: BLE001 - collected, then raised below with the count
-            errors.append(e)
-    if errors:
-        first = errors[0]
-        raise ClusterError(
-            f"{len(errors)} of {len(futures)} {step} shards failed on the Dask cluster "
-            f"(first: {type(first).__name__}: {first})",
-            hint="run the round again: what the finished shards stored is kept, not redone",
-        ) from first
-    return results
+    return gather(futures, step, where=" on the Dask cluster", error=ClusterError)
 
 
 def on_dask(runner: DaskTaskRunner, spec: SandboxSpec) -> FanOut:

@@ -15,11 +15,12 @@ from typing import Any, TypeVar, cast
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from koiitasks.errors import KoiiTasksError, RoundError
 from koiitasks.remote import open_remote
 from koiitasks.reports import artifact_key, payouts_table, round_markdown
 from koiitasks.round import DistributionOutcome, RoundEngine
@@ -87,25 +88,54 @@ AuditSlice = tuple[dict[str, list[str]], list[str]]
 
 @dataclass(frozen=True)
 class FanOut:
-    """Where a round's execute and audit shards run; the other steps run in the flow."""
+    """Where a round's execute and audit shards run; the other steps run in the flow.
+
+    Each callable returns once every shard has finished, and raises if any shard still failed
+    after its retries: a round must not be tallied and paid on the answers of part of it.
+    """
 
     execute: Callable[[RoundEngine, int, list[Shard]], None]
     audit: Callable[[RoundEngine, int, list[AuditSlice]], None]
 
 
+def gather(
+    futures: list[PrefectFuture[T]],
+    step: str,
+    *,
+    where: str = "",
+    error: type[KoiiTasksError] = RoundError,
+) -> list[T]:
+    """Every shard's result, once all have finished; one ``error`` naming how many shards of
+    ``step`` failed (and the first failure) if any did."""
+    results: list[T] = []
+    errors: list[Exception] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as e:  # noqa: BLE001 - collected, then raised below with the count
+            errors.append(e)
+    if errors:
+        first = errors[0]
+        raise error(
+            f"{len(errors)} of {len(futures)} {step} shards failed{where} "
+            f"(first: {type(first).__name__}: {first})",
+            hint="run the round again: what the finished shards stored is kept, not redone",
+        ) from first
+    return results
+
+
 def _execute_on_threads(engine: RoundEngine, round_number: int, shards: list[Shard]) -> None:
     handed = unexamined(engine)
-    wait([execute_shard.submit(handed, round_number, unexamined(s)) for s in shards])
+    gather([execute_shard.submit(handed, round_number, unexamined(s)) for s in shards], "execute")
 
 
 def _audit_on_threads(engine: RoundEngine, round_number: int, slices: list[AuditSlice]) -> None:
     handed = unexamined(engine)
-    wait(
-        [
-            audit_shard.submit(handed, round_number, unexamined(part), unexamined(auditors))
-            for part, auditors in slices
-        ]
-    )
+    futures = [
+        audit_shard.submit(handed, round_number, unexamined(part), unexamined(auditors))
+        for part, auditors in slices
+    ]
+    gather(futures, "audit")
 
 
 def _execute_here(engine: RoundEngine, round_number: int, shards: list[Shard]) -> None:

@@ -17,8 +17,11 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.round import sandbox_round
+from koiitasks.errors import RoundError, StorageUnavailable
+from koiitasks.round import RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.storage import FileStore, Layout
+from koiitasks.task import load_task
 from koiitasks.testing import sandbox
 from tests.conftest import HASH_PUZZLE
 
@@ -101,3 +104,26 @@ class TestRoundFlow:
         assert second["already_settled"]
         assert not first["already_settled"]
         assert sorted(p for p in (tmp_path / "again").rglob("*") if p.is_file()) == files
+
+    @pytest.mark.parametrize("step", ["execute_shard", "audit_shard"])
+    def test_a_shard_that_keeps_failing_stops_the_round_unpaid_and_a_rerun_settles_it(
+        self, step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A shard still failing after its retries fails the flow with an error that counts
+        the failed shards; nothing is paid on part of the answers, and a rerun settles it."""
+        options: dict[str, Any] = {"store": str(tmp_path / "faulty"), "nodes": 6, "seed": 5}
+        real = getattr(RoundEngine, step)
+
+        def broken(*_: Any) -> Any:
+            raise StorageUnavailable("the disk went away")
+
+        monkeypatch.setattr(RoundEngine, step, broken)
+        with pytest.raises(RoundError, match=r"1 of 1 \w+ shards failed .*the disk went away"):
+            sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options)
+        ledger = Layout(load_task(HASH_PUZZLE).task_id).ledger_entry(0)
+        assert not FileStore(tmp_path / "faulty").exists(ledger)
+
+        monkeypatch.setattr(RoundEngine, step, real)
+        result = json.loads(sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options))
+        assert result["distribution_accepted"]
+        assert FileStore(tmp_path / "faulty").exists(ledger)

@@ -23,20 +23,23 @@ from koiitasks.errors import StorageUnavailable
 from koiitasks.storage.base import Store, check_key, check_prefix
 
 _TMP_PREFIX = ".tmp-"
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_TMP_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_TMP_TRIES = 10_000  # as tempfile.mkstemp
 _tmp_numbers = itertools.count()
 
 
 def _open_temp(folder: str) -> tuple[int, str]:
     """A new temporary file in ``folder``, mode 0600, named by process and a counter: what
     ``tempfile.mkstemp`` does, without its random names (a tenth of a round's CPU, measured).
-    A name left by a dead process with the same pid is skipped."""
-    while True:
+    A name left by a dead process with the same pid is skipped, a bounded number of times."""
+    for _ in range(_TMP_TRIES):
         tmp = os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}-{next(_tmp_numbers)}")
         try:
             return os.open(tmp, _TMP_FLAGS, 0o600), tmp
         except FileExistsError:
             continue
+    raise FileExistsError(f"no free temporary file name in {folder} after {_TMP_TRIES} tries")
 
 
 class FileStore(Store):

@@ -15,6 +15,7 @@ Requests without a condition run side by side, as before.
 from __future__ import annotations
 
 import argparse
+import io
 import signal
 import sys
 import threading
@@ -39,9 +40,18 @@ class AtomicConditionalWrites:
         )
         if not conditional:
             return self.app(environ, start_response)
+        # The body is read before the lock: a client stalled mid-body blocks only itself.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length))
         with self._lock:
             # moto writes while building the response: hold the lock until it is built.
-            return list(self.app(environ, start_response))
+            response = self.app(environ, start_response)
+            try:
+                return list(response)
+            finally:
+                close = getattr(response, "close", None)
+                if close is not None:
+                    close()
 
 
 def _exit(_signum: int, _frame: FrameType | None) -> None:
