@@ -25,7 +25,7 @@ from koiitasks.distribution import (
     choose_builder,
     choose_list_auditors,
 )
-from koiitasks.errors import RecordError, RoundError, RoundMissed
+from koiitasks.errors import RecordConflict, RecordError, RoundError, RoundMissed
 from koiitasks.identity import Keypair
 from koiitasks.ingest import (
     ENVELOPE_BYTES,
@@ -307,14 +307,41 @@ class RoundEngine:
             counts[outcome] += 1
             if keyed is not None:
                 records.append(keyed)
-        # One batch per shard: the store makes the shard durable at once (one folder fsync).
-        self.store.create_many([(key, record.encode()) for key, record in records])
+        records = self._create_first_wins(round_number, records)
         accepted = self._accepted.setdefault(round_number, {})
         for key, record in records:
             answered.add(Layout.name_of(key))
             if isinstance(record.body, AcceptedSubmission):
                 accepted[record.body.node_id] = record
         return counts
+
+    def _create_first_wins(
+        self, round_number: int, records: list[tuple[str, Signed[Any]]]
+    ) -> list[tuple[str, Signed[Any]]]:
+        """Store a shard's records in one batch (the store makes them durable at once, one
+        folder fsync); the ones it created or already held are returned.
+
+        Two runs of one round (a re-run beside a late scheduled run, or a Dask shard re-run)
+        may ask the same node: their records differ in receipt slots. The first stored stands,
+        as create-only storage decides; this run keeps going with it, and re-reads the round.
+        """
+        try:
+            self.store.create_many([(key, record.encode()) for key, record in records])
+        except RecordConflict:
+            pass
+        else:
+            return records
+        kept = []
+        for key, record in records:
+            try:
+                self.store.create(key, record.encode())
+                kept.append((key, record))
+            except RecordConflict:
+                log.info(
+                    "%s: another run of round %d stored it first; it stands", key, round_number
+                )
+        self.forget_round_cache(round_number)
+        return kept
 
     def _answered(self, round_number: int) -> set[str]:
         """Nodes with a stored submission or refusal: listed once per round, then kept."""
@@ -432,10 +459,8 @@ class RoundEngine:
             )
             if report is not None:
                 checked.append(report)
-        self.store.create_many(
-            [(self.layout.audit(round_number, r.body.auditor), r.encode()) for r in checked]
-        )
-        for report in checked:
+        keyed = [(self.layout.audit(round_number, r.body.auditor), r) for r in checked]
+        for _key, report in self._create_first_wins(round_number, keyed):
             reports[report.body.auditor] = report
         return len(checked)
 

@@ -29,6 +29,20 @@ os.environ.pop("KOII_STORE", None)
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 HASH_PUZZLE = EXAMPLES / "hash-puzzle"
+#: The smallest honest task: a node answers its own id and the round; an audit checks exactly that.
+ECHO_TASK = """
+from koiitasks import Task
+
+task = Task()
+
+@task.execute
+def execute(ctx):
+    return {"node": ctx.node_id, "round": ctx.round}
+
+@task.audit
+def audit(ctx, submission):
+    return submission.result == {"node": submission.node_id, "round": submission.round}
+"""
 
 
 @pytest.fixture(scope="session")

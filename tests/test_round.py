@@ -9,23 +9,11 @@ import pytest
 from koiitasks.errors import NetworkMismatchError, RoundError
 from koiitasks.ledger import verify_ledger
 from koiitasks.model import Outcome
+from koiitasks.sandbox import build_sandbox, simulated_nodes
 from koiitasks.storage import Layout, Store
+from koiitasks.task import load_task
 from koiitasks.testing import memory_store, run_rounds, sandbox, write_task
-from tests.conftest import HASH_PUZZLE
-
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
+from tests.conftest import ECHO_TASK, HASH_PUZZLE
 
 
 def snapshot(store: Store) -> dict[str, bytes]:
@@ -155,6 +143,36 @@ class TestExactlyOnce:
         assert not first.already_settled
         assert again.ledger_hash == first.ledger_hash
         assert snapshot(box.store) == before
+
+    def test_answers_another_run_stored_first_stand_and_the_round_settles_once(self) -> None:
+        """Two runs of one round asking the same nodes a slot apart (a re-run beside a late
+        scheduled run): the answers stored first stand, the later run goes on with them, and
+        the round settles once."""
+        store = memory_store()
+        loaded = load_task(HASH_PUZZLE)
+        first = build_sandbox(loaded, store, nodes=6, seed=4)
+        later = build_sandbox(loaded, store, nodes=6, seed=4)
+        for run in (first, later):  # nodes stamp answers with the run's clock, as deployed
+            run.engine.pool = simulated_nodes(loaded, run.network, run.clock, workers=1, live=True)[
+                1
+            ]
+            run.begin(0)
+        later.clock.advance(loaded.config.slot_ms)  # its answers arrive a slot later
+        first.engine.open_round(0)
+        nodes = first.engine.eligible(0)
+        later.engine.execute_shard(0, [])  # lists the round while nothing is answered yet
+        first.engine.execute_shard(0, nodes[:3])
+        stored = {n: store.read(Layout(loaded.task_id).submission(0, n)) for n in nodes[:3]}
+
+        later.engine.execute_shard(0, nodes)
+        accepted = later.engine.accepted(0)
+        assert sorted(accepted) == nodes
+        assert {n: accepted[n].encode() for n in nodes[:3]} == stored
+
+        result = later.engine.run(0)
+        assert result.distribution_accepted
+        assert sorted(n for n, r in result.nodes.items() if r.credit) == nodes
+        assert verify_ledger(store, loaded.task_id).entries == 1
 
     @pytest.mark.parametrize(
         "stop_after",

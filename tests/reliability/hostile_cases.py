@@ -19,20 +19,8 @@ import yaml
 
 from koiitasks.identity import Keypair, encode_b58, load_key, save_key
 from koiitasks.testing import FAST_CONFIG
+from tests.conftest import ECHO_TASK
 
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 KEY = Keypair.from_seed(b"hostile key files")
 ParameterSet = Any  # what pytest.param returns
 

@@ -34,21 +34,9 @@ from koiitasks.testing import figures, write_task
 from koiitasks.testing.cli import invoke
 from koiitasks.testing.networks import NodeSpec, network_sandbox
 from koiitasks.testing.tamper import snapshot
+from tests.conftest import ECHO_TASK
 from tests.reliability.rules import COLLUDER, REFUSED_AT_INGEST, Expected, Rules
 
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 MINIMUM = 100
 NON_COLLUDERS = [kind for kind in ADVERSARIES if kind != COLLUDER]
 STAKES = st.one_of(st.just(2 * MINIMUM), st.sampled_from([0, MINIMUM - 1, MINIMUM, 10**12]))

@@ -21,10 +21,10 @@ from koiitasks.protocol import NodeRegistration, decode, sign
 from koiitasks.storage import FileStore, Layout
 from koiitasks.testing import figures, write_task
 from koiitasks.testing.cli import invoke
+from tests.conftest import ECHO_TASK
 from tests.reliability.hostile_cases import (
     ARGUMENTS,
     CONFIGS,
-    ECHO_TASK,
     KEY_FILES,
     NAMES,
     TASK_FOLDERS,

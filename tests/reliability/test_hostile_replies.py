@@ -26,7 +26,8 @@ from koiitasks.storage import Layout
 from koiitasks.testing import figures, sandbox, write_task
 from koiitasks.testing.hostile import Answer, Call, HostilePool, Phase, resign
 from koiitasks.testing.tamper import snapshot
-from tests.reliability.hostile_cases import ECHO_TASK, KEY
+from tests.conftest import ECHO_TASK
+from tests.reliability.hostile_cases import KEY
 
 TASK = "test-task"
 LAYOUT = Layout(TASK)

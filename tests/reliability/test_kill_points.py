@@ -24,21 +24,9 @@ from koiitasks.storage import FileStore, Layout
 from koiitasks.testing import figures, write_task
 from koiitasks.testing.crash import CrashLab, KillPoint, When
 from koiitasks.testing.tamper import snapshot
+from tests.conftest import ECHO_TASK
 
 TASK_ID = "test-task"
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 # Seven nodes, one lazy (slashed), one late (refused), two bad auditors: with seed 32 round 0's
 # first distribution list is voted down and a second builder's list is paid, so the retry path
 # has kill points too. Every child runs hooks in its main thread (--workers 1), so the order of

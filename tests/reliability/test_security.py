@@ -37,22 +37,10 @@ from koiitasks.testing import figures, sandbox, write_task
 from koiitasks.testing.cli import invoke
 from koiitasks.testing.hostile import Answer, Call, HostilePool, Phase, resign
 from koiitasks.testing.tamper import copy_store, overwrite, snapshot
+from tests.conftest import ECHO_TASK
 
 TASK = "test-task"
 Answers = dict[str, dict[Phase, Answer]]
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from koiitasks.testing import figures, memory_store, sandbox, write_task
 from koiitasks.testing.faults import FAULTS, FaultyProxy
 from koiitasks.testing.s3 import TEST_AWS_ENV, moto_server_process, unique_bucket_name
 from koiitasks.testing.tamper import snapshot
-from tests.reliability.hostile_cases import ECHO_TASK
+from tests.conftest import ECHO_TASK
 
 TASK = "test-task"
 ROUNDS = (0, 1)

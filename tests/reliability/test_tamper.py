@@ -37,22 +37,10 @@ from koiitasks.storage import FileStore, Layout, MemoryStore, Store
 from koiitasks.testing import figures, sandbox, write_task
 from koiitasks.testing.cli import invoke
 from koiitasks.testing.tamper import byte_changes, copy_store, overwrite, snapshot
+from tests.conftest import ECHO_TASK
 
 TASK = "test-task"
 LAYOUT = Layout(TASK)
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 SETTLED = (0, 1, 3)  # round 2 skipped, so an entry can be slipped in between two others
 STRANGER = Keypair.from_seed(b"a stranger with write access")
 

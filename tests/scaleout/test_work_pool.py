@@ -27,7 +27,7 @@ from koiitasks.storage.s3 import MOTO_CREDENTIALS, make_s3_client
 from koiitasks.storage.s3_init import init_s3_store
 from koiitasks.testing import sandbox, write_task
 from koiitasks.testing.s3 import TEST_AWS_ENV, unique_bucket_name
-from tests.conftest import HASH_PUZZLE, ROOT
+from tests.conftest import ECHO_TASK, HASH_PUZZLE, ROOT
 from tests.scaleout import services
 from tests.scaleout.conftest import DaskCluster
 
@@ -45,21 +45,6 @@ ON_DASK = "koii-dask-round/rounds"
 #: Set in the Prefect workers' environment only: where the machine-losing task leaves a marker.
 LOSS_DIR_VARIABLE = "KOIITASKS_TEST_LOSS_DIR"
 
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 
 # The first time it executes on a Prefect worker, the machine is lost: its worker process
 # and the flow run's own process die (SIGKILL) in the middle of the round.

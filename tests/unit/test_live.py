@@ -21,20 +21,7 @@ from koiitasks.model import Outcome
 from koiitasks.protocol import AcceptedSubmission, decode
 from koiitasks.storage import Layout, Store, open_store
 from koiitasks.testing import write_task
-
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
+from tests.conftest import ECHO_TASK
 
 _stores = itertools.count()
 START_MS = 1_800_000_000_000  # the instant `koiitasks deploy` ran, in these tests

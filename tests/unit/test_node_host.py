@@ -41,6 +41,7 @@ from koiitasks.protocol import (
 )
 from koiitasks.task import LoadedTask, load_task
 from koiitasks.testing import write_task
+from tests.conftest import ECHO_TASK
 
 GENESIS_MS = 1_000_000
 SLOT_MS = 10
@@ -50,19 +51,6 @@ NODE = Keypair.from_seed(b"host-node-a")
 OTHER = Keypair.from_seed(b"host-node-b")
 STRANGER = Keypair.from_seed(b"host-stranger")
 
-ECHO_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-"""
 
 WINDOW_START = {
     Phase.EXECUTE: 30,

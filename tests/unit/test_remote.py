@@ -16,7 +16,7 @@ from koiitasks.round_result import RoundResult
 from koiitasks.storage import Store
 from koiitasks.task import LoadedTask, load_task
 from koiitasks.testing import memory_store, sandbox, write_task
-from tests.unit.test_node_host import ECHO_TASK
+from tests.conftest import ECHO_TASK
 
 ORCHESTRATOR = Keypair.from_seed(b"remote-orchestrator")
 NODES = [Keypair.from_seed(f"remote-node-{i}".encode()) for i in range(3)]
