@@ -24,17 +24,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.round import AuditSlice, FanOut, Shard, gather, run_round_steps
+from flows.round import AuditSlice, FanOut, Shard, gather, round_run_name, run_round_steps
 from koiitasks import cluster
 from koiitasks.cluster import RoundMoment, SandboxSpec
 from koiitasks.errors import ClusterError, ConfigError
 from koiitasks.round import RoundEngine
 from koiitasks.settings import load_settings
-from koiitasks.task import load_task
 
 if TYPE_CHECKING:
     from prefect.futures import PrefectFuture
@@ -81,14 +79,9 @@ def on_dask(runner: DaskTaskRunner, spec: SandboxSpec) -> FanOut:
     return FanOut(execute=execute, audit=audit)
 
 
-def _run_name() -> str:
-    parameters = flow_run.parameters
-    return f"{load_task(parameters['task_dir']).task_id}-round-{parameters['round_number']}"
-
-
 @flow(
     name="koii-dask-round",
-    flow_run_name=_run_name,
+    flow_run_name=round_run_name,
     # Shards go to the Dask runner below; the flow's own runner has nothing to fan out.
     task_runner=ThreadPoolTaskRunner[Any](max_workers=1),  # type: ignore[arg-type]
     persist_result=False,

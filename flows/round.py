@@ -176,14 +176,15 @@ def run_round_steps(
     return result
 
 
-def _run_name() -> str:
+def round_run_name() -> str:
+    """``{task}-round-{N}``: the name of a round flow run, from its parameters."""
     parameters = flow_run.parameters
     return f"{load_task(parameters['task_dir']).task_id}-round-{parameters['round_number']}"
 
 
 @flow(
     name="koii-sandbox-round",
-    flow_run_name=_run_name,
+    flow_run_name=round_run_name,
     task_runner=ThreadPoolTaskRunner[Any](max_workers=SHARD_CONCURRENCY),  # type: ignore[arg-type]
     persist_result=False,
 )
@@ -220,7 +221,7 @@ def sandbox_round(
 
 @flow(
     name="koii-remote-round",
-    flow_run_name=_run_name,
+    flow_run_name=round_run_name,
     task_runner=ThreadPoolTaskRunner[Any](max_workers=SHARD_CONCURRENCY),  # type: ignore[arg-type]
     persist_result=False,
 )
