@@ -25,21 +25,16 @@ import tempfile
 from pathlib import Path
 
 from koiitasks.testing import write_task
-from koiitasks.testing.deployed import DeployProcess, deployment_runs, run_artifacts
+from koiitasks.testing.deployed import (
+    DEPLOYED_CONFIG,
+    DeployProcess,
+    deployment_runs,
+    run_artifacts,
+)
 from koiitasks.testing.processes import PrefectServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = {
-    "task_name": "Hash Puzzle",
-    "round_time": 32,
-    "submission_window": 8,
-    "audit_window": 8,
-    "slot_ms": 250,
-    "minimum_stake_amount": 100,
-    "total_bounty_amount": 1_000_000,
-    "bounty_amount_per_round": 1_200,
-    "allowed_failed_distributions": 2,
-}
+CONFIG = {"task_name": "Hash Puzzle", **DEPLOYED_CONFIG}
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -33,6 +33,20 @@ from koiitasks.testing.processes import PREFECT_SERVICE_ENV, kill_tree, stop_ses
 #: The folder holding the koiitasks package these helpers belong to (and ``flows/``).
 CHECKOUT = Path(__file__).resolve().parents[2]
 
+#: A config-task.yml body (less task_name) of rounds of 8 s (32 slots of 250 ms): each round's
+#: flow run lives about 20 s, so three overlap, and three scheduled rounds are paid within a
+#: minute of the deploy.
+DEPLOYED_CONFIG = {
+    "round_time": 32,
+    "submission_window": 8,
+    "audit_window": 8,
+    "slot_ms": 250,
+    "minimum_stake_amount": 100,
+    "total_bounty_amount": 1_000_000,
+    "bounty_amount_per_round": 1_200,
+    "allowed_failed_distributions": 2,
+}
+
 
 class DeployProcess:
     """``koiitasks deploy TASK_DIR --store STORE`` serving against a Prefect server; or, with

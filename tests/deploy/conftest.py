@@ -19,24 +19,11 @@ from pathlib import Path
 import pytest
 
 from koiitasks.testing import write_task
-from koiitasks.testing.deployed import DeployProcess
+from koiitasks.testing.deployed import DEPLOYED_CONFIG, DeployProcess
 from koiitasks.testing.processes import PrefectServer, free_port
 from tests.conftest import HASH_PUZZLE, ROOT
 
 STACK = ROOT / "infra" / "stack.sh"
-
-#: Rounds of 8 s (32 slots of 250 ms): each round's flow run lives about 20 s, so three
-#: overlap, and three scheduled rounds are paid within a minute of the deploy.
-DEPLOYED_CONFIG = {
-    "round_time": 32,
-    "submission_window": 8,
-    "audit_window": 8,
-    "slot_ms": 250,
-    "minimum_stake_amount": 100,
-    "total_bounty_amount": 1_000_000,
-    "bounty_amount_per_round": 1_200,
-    "allowed_failed_distributions": 2,
-}
 
 #: A flow-run process may need many seconds to start on a busy machine: start it 30 s early.
 DEPLOY_OPTIONS = ("--start-in", "15", "--prefetch", "30")

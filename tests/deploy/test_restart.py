@@ -41,6 +41,16 @@ def rounds_in_progress(deployed: DeployProcess, store: FileStore) -> list[int]:
     return sorted(submitted - settled)
 
 
+def wait_for_a_round_in_progress(deployed: DeployProcess, store: FileStore) -> list[int]:
+    """Wait until some round is mid-way (answers stored, not settled); those rounds."""
+    deployed.wait_for(
+        lambda: bool(rounds_in_progress(deployed, store)),
+        timeout_s=180,
+        what="a round in progress",
+    )
+    return rounds_in_progress(deployed, store)
+
+
 def assert_each_round_once(ledger: LedgerState, store: FileStore, task_id: str) -> None:
     """Every round from 0 in the ledger once, in order, paid, recorded missed or left with
     nobody to pay, and verified."""
@@ -73,12 +83,7 @@ class TestRestart:
         nodes = ("--nodes", "5", "--seed", "21")
         first = deploy_process(tmp_path, task_dir, sqlite_server, *nodes)
         with first:
-            first.wait_for(
-                lambda: bool(rounds_in_progress(first, store)),
-                timeout_s=180,
-                what="a round in progress",
-            )
-            interrupted = rounds_in_progress(first, store)
+            interrupted = wait_for_a_round_in_progress(first, store)
             first.crash()
 
         second = deploy_process(tmp_path, task_dir, sqlite_server, *nodes)
@@ -154,12 +159,7 @@ class TestServerRestart:
         with PrefectServer(tmp_path / "prefect") as server:
             deployed = deploy_process(tmp_path, task_dir, server, "--nodes", "5", "--seed", "22")
             with deployed:
-                deployed.wait_for(
-                    lambda: bool(rounds_in_progress(deployed, store)),
-                    timeout_s=180,
-                    what="a round in progress",
-                )
-                interrupted = rounds_in_progress(deployed, store)
+                interrupted = wait_for_a_round_in_progress(deployed, store)
                 server.crash()
                 down_at = time.monotonic()
                 time.sleep(SERVER_DOWN_S)
@@ -206,12 +206,7 @@ class TestServerRestart:
                 extra_env={"PREFECT_CLIENT_MAX_RETRIES": "0"},
             )
             with first:
-                first.wait_for(
-                    lambda: bool(rounds_in_progress(first, store)),
-                    timeout_s=180,
-                    what="a round in progress",
-                )
-                interrupted = rounds_in_progress(first, store)
+                interrupted = wait_for_a_round_in_progress(first, store)
                 server.crash()
                 code = first.wait_exit(timeout_s=180)
             log = first.log()
