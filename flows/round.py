@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from koiitasks.collector import round_collection
 from koiitasks.errors import KoiiTasksError, RoundError
 from koiitasks.remote import open_remote
 from koiitasks.reports import artifact_key, payouts_table, round_markdown
@@ -159,6 +160,11 @@ def run_round_steps(
     engine: RoundEngine, round_number: int, *, fan_out: FanOut = ON_THREADS
 ) -> RoundResult:
     """The round's steps as Prefect tasks, shards where ``fan_out`` puts them; inside a flow."""
+    with round_collection():
+        return _round_steps(engine, round_number, fan_out)
+
+
+def _round_steps(engine: RoundEngine, round_number: int, fan_out: FanOut) -> RoundResult:
     if engine.is_settled(round_number):
         result = engine.result(round_number, already_settled=True)
         publish(result)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from pydantic import JsonValue
+import orjson
+from pydantic import JsonValue, PrivateAttr
 
 from koiitasks.model import Amount, Digest, FrozenModel, NodeId, RoundNumber, TaskId
 from koiitasks.protocol import canonical, digest
@@ -57,9 +58,33 @@ class DistributionInputs(FrozenModel):
     approved: tuple[ApprovedNode, ...]
     slashes: dict[str, Amount]
 
+    _hash: str | None = PrivateAttr(default=None)
+
     @property
     def hash(self) -> Digest:
-        return digest(canonical(self.model_dump(mode="json")))
+        """SHA-256 of the inputs' canonical JSON: computed once (the builder, every list
+        auditor and the orchestrator all ask, and at 10,000 nodes pydantic's serialiser took
+        50 ms a time), from the approved nodes' own values, which are JSON already."""
+        if self._hash is None:
+            try:
+                data = orjson.dumps(
+                    {
+                        **self.__dict__,
+                        "approved": [node.__dict__ for node in self.approved],
+                    },
+                    option=orjson.OPT_SORT_KEYS,
+                )
+            except TypeError:  # an integer beyond 64 bits in a result: the slower, general way
+                data = canonical(self.model_dump(mode="json"))
+            self._hash = digest(data)
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:  # the remembered hash is not part of the value
+        if not isinstance(other, DistributionInputs):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts: not hashable
 
     def views(self) -> list[SubmissionView]:
         return [a.view(self.round) for a in self.approved]

@@ -17,10 +17,12 @@ deterministically from the seed, so a seeded run gives the same records every ti
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -111,7 +113,14 @@ class SimulatedPool(NodePool):
         return Reply(node_id=node_id, data=data, received_ms=at, error=error)
 
     def _run_all(self, calls: Mapping[str, Callable[[], Reply]]) -> list[Reply]:
-        """Run one call per node, bounded by the pool and the timeout; hook errors are replies."""
+        """Run one call per node, bounded by the pool and the timeout; hook errors are replies.
+
+        A few long-lived jobs per call take nodes one after another from a shared queue, not
+        one pool job per node: a job per node cost more than a trivial node's own work (a
+        quarter of a 10,000-node round, measured). A hung hook still holds up only its own job:
+        the others carry on, and when the timeout passes every node not answered yet counts as
+        no answer.
+        """
 
         def guarded(node_id: str, call: Callable[[], Reply]) -> Reply:
             try:
@@ -122,15 +131,34 @@ class SimulatedPool(NodePool):
 
         if self._executor is None:
             return [guarded(node_id, call) for node_id, call in calls.items()]
-        futures = {self._executor.submit(guarded, n, c): n for n, c in calls.items()}
-        done, pending = cf.wait(futures, timeout=self.hook_timeout_s)
-        replies = [f.result() for f in done]
-        for future in pending:
-            future.cancel()
-            node_id = futures[future]
+        queue = collections.deque(calls.items())
+        replies: dict[str, Reply] = {}
+        deadline = time.monotonic() + self.hook_timeout_s
+
+        def drain() -> None:
+            while time.monotonic() < deadline:
+                try:
+                    node_id, call = queue.popleft()  # atomic: safe between jobs
+                except IndexError:
+                    return
+                replies[node_id] = guarded(node_id, call)  # one dict store: atomic
+
+        jobs = [self._executor.submit(drain) for _ in range(min(self.workers, len(calls)))]
+        _, pending = cf.wait(jobs, timeout=self.hook_timeout_s)
+        for job in pending:
+            job.cancel()
+        queue.clear()  # a job still in a hung hook takes no other node afterwards
+        for job in jobs:
+            if job.done() and not job.cancelled() and (error := job.exception()) is not None:
+                raise error  # not a hook's failure (those are replies): a bug to see
+        answered = dict(replies)  # one copy: a hook finishing after it is too late
+        late = [node_id for node_id in calls if node_id not in answered]
+        for node_id in late:
             log.warning("node %s: hook did not finish within %.1fs", node_id, self.hook_timeout_s)
-            replies.append(self._reply(node_id, None, "hook timed out"))
-        return replies
+        return [
+            *answered.values(),
+            *(self._reply(node_id, None, "hook timed out") for node_id in late),
+        ]
 
     def _answer_clock(self, node_id: str, request: Signed[RoundRequest]) -> SlotClock:
         """A clock stopped at the slot this node answers in: 1-3 slots after the request (or the
