@@ -152,8 +152,12 @@ class NodeRuntime:
 
     # --- audit -----------------------------------------------------------------------------
 
-    def judge(self, record: Signed[AcceptedSubmission], round_number: int) -> tuple[bool, str]:
-        """This node's honest verdict on one accepted submission, or raise :class:`HookFailed`."""
+    def judge(
+        self, record: Signed[AcceptedSubmission], round_number: int, ctx: Context | None = None
+    ) -> tuple[bool, str]:
+        """This node's honest verdict on one accepted submission, or raise :class:`HookFailed`.
+
+        ``ctx`` is the hook's context for the round, when the caller made one already."""
         submission = record.body.submission
         try:
             submission.verify()
@@ -174,7 +178,7 @@ class NodeRuntime:
         hook = self.loaded.task.audit_hook
         assert hook is not None
         try:
-            verdict = hook(self.context(round_number), view)
+            verdict = hook(ctx or self.context(round_number), view)
         except Exception as e:
             raise self._failed(
                 "audit",
@@ -203,9 +207,10 @@ class NodeRuntime:
         self.check_request(request)
         self.loaded.task.ensure_setup()
         votes = []
+        ctx = self.context(request.body.round)  # one context (immutable) for every vote
         for record in records:
             try:
-                valid, reason = self.judge(record, request.body.round)
+                valid, reason = self.judge(record, request.body.round, ctx)
             except HookFailed as e:
                 self.on_hook_failure(e)
                 continue
