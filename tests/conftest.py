@@ -7,11 +7,17 @@ before any test module imports prefect. Prefect never phones home from tests.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from koiitasks.storage import Store
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="koiitasks-prefect-home-")
 os.environ.update(
@@ -43,6 +49,30 @@ def execute(ctx):
 def audit(ctx, submission):
     return submission.result == {"node": submission.node_id, "round": submission.round}
 """
+
+
+def snapshot(store: Store) -> dict[str, bytes]:
+    """Every record in a store, by key: two stores hold the same records when equal."""
+    return {key: store.read(key) for key in store.list()}
+
+
+def koiitasks(
+    *args: str, env: dict[str, str], cwd: Path, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a subprocess with this interpreter; its output is captured. ``check``
+    fails the test, with the CLI's stderr, when it exits non-zero."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "koiitasks", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"koiitasks {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
 
 
 @pytest.fixture(scope="session")

@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from koiitasks.storage import Layout
-from tests.conftest import HASH_PUZZLE
+from tests.conftest import HASH_PUZZLE, koiitasks
 
 ALL_KINDS = ("offline", "lazy", "forger", "replayer", "late", "bad-auditor")
-
-
-def koiitasks(
-    *args: str, env: dict[str, str], cwd: Path, check: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess with the same interpreter."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "koiitasks", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"koiitasks {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

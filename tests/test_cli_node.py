@@ -16,8 +16,7 @@ from koiitasks.identity import load_key
 from koiitasks.protocol import NodeRegistration, decode
 from koiitasks.storage import Layout
 from koiitasks.testing.nodes import make_keys, serve_nodes
-from tests.conftest import HASH_PUZZLE
-from tests.test_cli import koiitasks
+from tests.conftest import HASH_PUZZLE, koiitasks
 
 MIN_STAKE = 1_000_000_000  # hash-puzzle's minimum_stake_amount
 

@@ -12,7 +12,7 @@ from koiitasks.config import load_config
 from koiitasks.errors import ConfigError, TaskLoadError
 from koiitasks.scaffold import init_task, task_name_of
 from koiitasks.task import load_task
-from tests.test_cli import koiitasks
+from tests.conftest import koiitasks
 
 EXPECTED_FILES = {".gitignore", "README.md", "config-task.yml", "task.py", "tests/test_task.py"}
 

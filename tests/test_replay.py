@@ -25,29 +25,20 @@ from koiitasks.task import load_task
 from koiitasks.testing import figures, sandbox, write_task
 from koiitasks.testing.cli import invoke
 from koiitasks.testing.tamper import copy_store, overwrite, snapshot
-from tests.conftest import HASH_PUZZLE
+from tests.conftest import ECHO_TASK, HASH_PUZZLE
 
 TASK = "hash-puzzle"
 START_MS = 1_800_000_000_000  # when the deployed task of TestMissedRounds was deployed
 MIX = {"lazy": 1, "offline": 1, "forger": 1, "late": 1, "bad-auditor": 1}
 
-FIRST_TASK = """
-from koiitasks import Task
-
-task = Task()
-
-@task.execute
-def execute(ctx):
-    return {"node": ctx.node_id, "round": ctx.round}
-
-@task.audit
-def audit(ctx, submission):
-    return submission.result == {"node": submission.node_id, "round": submission.round}
-
+FIRST_TASK = (
+    ECHO_TASK
+    + """
 @task.distribute
 def distribute(ctx, approved, bounty):
     return {min(a.node_id for a in approved): bounty}
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ from koiitasks.protocol import TaskRecord, sign
 from koiitasks.storage import Layout, Store
 from koiitasks.testing import memory_store, sandbox
 from koiitasks.timeline import Timeline, locate_clock, read_timeline, windows_of
-from tests.conftest import HASH_PUZZLE
-from tests.test_cli import koiitasks
+from tests.conftest import HASH_PUZZLE, koiitasks
 
 # The hash puzzle's: rounds of 10 slots, 4 to submit, 4 to audit.
 SCHEDULE = Schedule(starting_slot=0, round_time=10, submission_window=4, audit_window=4)

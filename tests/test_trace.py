@@ -12,8 +12,8 @@ from koiitasks.errors import ConfigError
 from koiitasks.sandbox import Sandbox
 from koiitasks.testing import sandbox
 from koiitasks.trace import NodeTrace, TraceEvent, resolve_node, trace_node
-from tests.conftest import HASH_PUZZLE
-from tests.test_cli import json_lines, koiitasks
+from tests.conftest import HASH_PUZZLE, koiitasks
+from tests.test_cli import json_lines
 
 ADVERSARIES = {"lazy": 1, "forger": 1, "offline": 1, "bad-auditor": 1}
 

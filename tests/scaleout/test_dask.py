@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +13,12 @@ import pytest
 from flows.dask_round import dask_round
 from koiitasks.ledger import verify_ledger
 from koiitasks.round_result import RoundResult
-from koiitasks.storage import FileStore, Store, open_store
+from koiitasks.storage import FileStore, open_store
 from koiitasks.storage.s3 import MOTO_CREDENTIALS, make_s3_client
 from koiitasks.storage.s3_init import init_s3_store
 from koiitasks.testing import sandbox, write_task
 from koiitasks.testing.s3 import unique_bucket_name
-from tests.conftest import HASH_PUZZLE
+from tests.conftest import HASH_PUZZLE, koiitasks, snapshot
 from tests.scaleout.conftest import KILL_DIR_VARIABLE, DaskCluster
 
 # One xdist group: these start many processes; on one pytest worker they never compete.
@@ -70,24 +68,6 @@ def audit(ctx, submission):
     witness_or_die("audit", ctx.round)
     return submission.result == {{"node": submission.node_id, "round": submission.round}}
 """
-
-
-def snapshot(store: Store) -> dict[str, bytes]:
-    """Every record in a store, by key."""
-    return {key: store.read(key) for key in store.list()}
-
-
-def koiitasks(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a subprocess with the same interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "koiitasks", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def alive(pid: int) -> bool:

@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from koiitasks.storage import FileStore, Store
+from koiitasks.storage import FileStore
 from koiitasks.storage.s3 import S3Store
 from koiitasks.testing import run_rounds, sandbox
 from koiitasks.testing.s3 import TEST_AWS_ENV, mock_s3_store, s3_store, unique_bucket_name
-from tests.conftest import HASH_PUZZLE
+from tests.conftest import HASH_PUZZLE, koiitasks, snapshot
 
 __all__ = ["s3_store"]  # the fixture, imported as a task author would
-
-
-def snapshot(store: Store) -> dict[str, bytes]:
-    return {key: store.read(key) for key in store.list()}
-
-
-def koiitasks(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "koiitasks", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 class TestRoundsOnS3:
