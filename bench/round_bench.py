@@ -42,6 +42,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="koiitasks-bench-p
 import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import SyncClientContext
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.settings import (
@@ -283,9 +284,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     nodes, naive = (200, True) if args.quick else (args.nodes, args.naive)
+    # One API client for every flow run, as `koiitasks run` keeps one for all its rounds.
     with (
         prefect_test_harness(server_startup_timeout=120),
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        SyncClientContext.get_or_create(),
     ):
         report = measure(nodes, naive=naive, repeat=args.repeat)
     if args.json:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.context import SyncClientContext
 
 from flows.round import sandbox_round
 from koiitasks.cli.run import _flow_runner
@@ -14,8 +16,8 @@ from koiitasks.errors import ConfigError
 from koiitasks.nodes.failures import ONCE_NOTE, is_library_frame
 from koiitasks.round_result import RoundResult
 from koiitasks.testing import run_rounds, sandbox, write_task
-from tests.conftest import HASH_PUZZLE, ROOT
-from tests.test_cli import json_lines, koiitasks
+from tests.conftest import HASH_PUZZLE, ROOT, koiitasks
+from tests.test_cli import json_lines
 
 FAILING_TASK = """
 from koiitasks import Task
@@ -254,7 +256,8 @@ class TestPrefectStart:
             raise RuntimeError(message)
 
         monkeypatch.setattr(flows.round, "sandbox_round", slow_server)
-        run_one = _flow_runner(str(HASH_PUZZLE), {})
+        monkeypatch.setattr(SyncClientContext, "get_or_create", contextlib.nullcontext)
+        run_one = _flow_runner(contextlib.ExitStack(), str(HASH_PUZZLE), {})
         expected = ConfigError if explained else RuntimeError
         with pytest.raises(expected) as caught:
             run_one(0)
