@@ -209,15 +209,13 @@ def _flow_runner(stack: ExitStack, task_dir: str, options: dict[str, Any]) -> An
     from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
 
-    client: list[SyncClientContext] = []
-
     def run_one(number: int) -> RoundResult:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
         try:
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                if not client:  # one API client for every round of the run: Prefect makes a
-                    # new one (and its TLS context) per flow run otherwise, 40 ms each (measured)
-                    client.append(stack.enter_context(SyncClientContext.get_or_create()))
+                if SyncClientContext.get() is None:  # one API client for every round of the
+                    # run: Prefect makes a new one (and its TLS context) per flow run, 40 ms each
+                    stack.enter_context(SyncClientContext.get_or_create())
                 data = sandbox_round(task_dir=task_dir, round_number=number, **options)
         except RuntimeError as e:  # a slow first start is the author's machine, not a bug
             if "ephemeral Prefect API server" not in str(e):
