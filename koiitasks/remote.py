@@ -6,9 +6,10 @@ registered themselves for the task (``koiitasks node register``) are the network
 them through :class:`~koiitasks.nodes.http.HttpPool`; the same :class:`RoundEngine` steps as the
 sandbox's check, store and pay. Slots are real: a round's phases wait for their windows.
 
-Rounds start in the future. A round's request goes out at its first slot, so the completion time
-measured from it is the node's, not the orchestrator's lateness: :meth:`Remote.upcoming_round`
-is the first round that has not started yet. ``koiitasks run --remote --rounds R`` runs one round
+Rounds start in the future. A round's request goes out at its first slot (or, if the flow run
+started late, is stamped with the slot it does go out in), so the completion time measured from
+it is the node's, not the orchestrator's lateness: :meth:`Remote.upcoming_round` is the first
+round that has not started yet. ``koiitasks run --remote --rounds R`` runs one round
 at a time, so a round that starts while another is still being audited or paid is left out (it
 never appears in the ledger); ``koiitasks deploy --key`` starts one flow run per round and runs
 them all (:func:`koiitasks.deployment.open_deployed_engine`).

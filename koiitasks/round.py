@@ -272,7 +272,12 @@ class RoundEngine:
     # --- execute ---------------------------------------------------------------------------
 
     def open_round(self, round_number: int) -> Signed[RoundRequest]:
-        """Wait for the round's first slot and make (or read back) its execute request."""
+        """Wait for the round's first slot and make (or read back) its execute request.
+
+        The request carries the slot it goes out in: the round's first slot, or a later one if
+        the orchestrator got here late (a slow flow start, a busy machine). Completion times
+        are measured from it, so nodes are not charged for the orchestrator's lateness.
+        """
         self.check_runnable(round_number)
         start = self.schedule.round_start(round_number)
         window = self.schedule.execute_window(round_number)
@@ -285,7 +290,15 @@ class RoundEngine:
                 hint="it is recorded as missed; run the next round instead",
             )
         self.slot_clock.wait_for_slot(start)
-        return self.request(round_number, Phase.EXECUTE, start)
+        sent = max(start, self.slot_clock.get_slot())
+        if sent > start and not self.store.exists(key):
+            log.warning(
+                "round %d of task %r: its execute request goes out at slot %d, %d slot(s) after "
+                "the round's first slot (the orchestrator started late); completion times count "
+                "from slot %d",
+                round_number, self.task_id, sent, sent - start, sent,
+            )  # fmt: skip
+        return self.request(round_number, Phase.EXECUTE, sent)
 
     def execute_shard(self, round_number: int, node_ids: Sequence[str]) -> dict[str, int]:
         """Ask the shard's nodes that have no stored answer yet; store what passes ingest."""

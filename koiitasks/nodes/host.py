@@ -213,10 +213,12 @@ class NodeHost:
             )
         window = phase_window(following.schedule, phase, body.round)
         name = f"round {body.round}'s {phase.value} window"
-        if body.request_slot != window.start:
+        # Stamped with the slot it went out in: the window's first, or later when the
+        # orchestrator was late (completion times then count from that slot).
+        if body.request_slot not in window:
             raise RequestRefused(
-                f"request is stamped slot {body.request_slot}, but {name} opens at slot "
-                f"{window.start}",
+                f"request is stamped slot {body.request_slot}, outside {name} "
+                f"(slots {window.start}..{window.end - 1})",
                 status=409,
             )
         now = following.slot_clock.get_slot()

@@ -123,9 +123,10 @@ def decode_call(raw: bytes, phase: Phase) -> Call:
 def phase_window(schedule: Schedule, phase: Phase, round_number: int) -> Window:
     """The slots during which a phase of a round is open, on either side.
 
-    The request of each phase is stamped with its window's first slot. The distribution phase
-    stays open through the distribution audit window, because a rejected list is rebuilt by
-    another node while the audit window runs.
+    The request of each phase is stamped with the slot it goes out in: its window's first, or a
+    later one when the orchestrator got to it late. The distribution phase stays open through
+    the distribution audit window, because a rejected list is rebuilt by another node while the
+    audit window runs.
     """
     if phase is Phase.EXECUTE:
         return schedule.execute_window(round_number)

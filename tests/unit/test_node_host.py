@@ -186,6 +186,12 @@ class TestCallsAnswered:
         assert answer.body.nonce == request(Phase.EXECUTE).body.nonce
         assert answer.body.result == {"node": NODE.public_id, "round": ROUND}
 
+    def test_a_request_sent_late_is_answered_and_keeps_its_own_slot(self, node: Node) -> None:
+        """An orchestrator that got to the round late stamps its request with the slot it sent
+        it in; the node answers, and the submission carries that slot."""
+        answer = decode(node.at(33).execute(request(Phase.EXECUTE, slot=32)), Submission, where="t")
+        assert (answer.body.request_slot, answer.body.response_slot) == (32, 33)
+
     def test_audit_votes_on_the_assigned_submissions(self, node: Node) -> None:
         """An auditor votes on each orchestrator-accepted submission it is sent."""
         call = AuditCall(
@@ -268,10 +274,10 @@ class TestCallsRefused:
                 id="posted-to-another-phase",
             ),
             pytest.param(
-                lambda n: n.execute(request(Phase.EXECUTE, slot=31)),
+                lambda n: n.execute(request(Phase.EXECUTE, slot=29)),
                 409,
-                "opens at slot 30",
-                id="request-slot-is-not-the-window-start",
+                "stamped slot 29, outside round 3's execute window (slots 30..",
+                id="request-slot-before-the-window",
             ),
             pytest.param(
                 lambda n: n.at(44).call(

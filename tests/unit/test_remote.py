@@ -3,6 +3,7 @@ the remote orchestrator's choice of rounds (:mod:`koiitasks.remote`), on a simul
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -204,6 +205,34 @@ class TestRunUpcoming:
         with pytest.raises(RoundMissed):
             list(orchestrator.run_upcoming(runner, count=1, max_missed=3))
         assert len(calls) == 3
+
+
+class TestOpeningARound:
+    """A round's execute request carries the slot it went out in, so completion times are the
+    nodes' own and not the orchestrator's lateness."""
+
+    def test_opened_early_it_waits_for_the_first_slot(
+        self, remote: tuple[Remote, SimulatedClock]
+    ) -> None:
+        """Opened before round 1 starts (slot 10), the request goes out at slot 10."""
+        orchestrator, _ = remote
+        request = orchestrator.engine.open_round(1)
+        assert request.body.request_slot == 10
+        assert orchestrator.engine.slot_clock.get_slot() == 10
+
+    def test_opened_late_it_is_stamped_with_the_slot_it_goes_out_in(
+        self, remote: tuple[Remote, SimulatedClock], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Opened 3 slots into round 1 (a slow flow start), the request says slot 13, a warning
+        says the orchestrator was late, and a rerun later still reads back the same request."""
+        orchestrator, clock = remote
+        clock.set_ms(NOW_MS + 5 + 13 * 10 + 4)
+        with caplog.at_level(logging.WARNING, logger="koiitasks.round"):
+            request = orchestrator.engine.open_round(1)
+        assert request.body.request_slot == 13
+        assert "goes out at slot 13, 3 slot(s) after the round's first slot" in caplog.text
+        clock.set_ms(NOW_MS + 5 + 15 * 10)
+        assert orchestrator.engine.open_round(1) == request
 
 
 RESULT = {
