@@ -3,8 +3,11 @@ property-based check of a distribute hook."""
 
 from __future__ import annotations
 
+import random
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -227,6 +230,25 @@ class TestCheckDistribute:
     ) -> None:
         """Integer shares of at most the bounty, to approved nodes, the same on every node."""
         check_distribute(task_dir or scored_task(tmp_path, GOOD_HOOK), max_examples=40)
+
+    def test_another_thread_drawing_from_random_does_not_fail_the_check(self) -> None:
+        """Prefect's and Dask's background threads draw retry jitter from the global random
+        generator; while one does, a deterministic hook still passes (warnings are errors here,
+        as in pyproject.toml)."""
+        stop = threading.Event()
+
+        def jitter() -> None:
+            while not stop.is_set():
+                random.random()  # what a retry's backoff does
+                time.sleep(0)
+
+        thread = threading.Thread(target=jitter, daemon=True)
+        thread.start()
+        try:
+            check_distribute(HASH_PUZZLE, max_examples=40)
+        finally:
+            stop.set()
+            thread.join()
 
     def test_results_can_be_drawn_instead_of_executed(self, tmp_path: Path) -> None:
         """With results=, execute never runs: a hook reading the result's shape is checked."""
