@@ -169,9 +169,16 @@ def _healthy(api_url: str) -> bool:
 
 @contextlib.contextmanager
 def prefect_worker(
-    pool: str, name: str, api_url: str, folder: Path, env: dict[str, str], limit: int
+    pool: str,
+    name: str,
+    api_url: str,
+    folder: Path,
+    env: dict[str, str],
+    limit: int,
+    queue: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``prefect worker start --type process`` on ``pool``; its flow runs inherit ``env``."""
+    """``prefect worker start --type process`` on ``pool`` (only its work queue ``queue``, if
+    given); its flow runs inherit ``env``."""
     folder.mkdir(parents=True, exist_ok=True)
     worker_env = {
         **base_env(folder),
@@ -182,6 +189,8 @@ def prefect_worker(
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
     args = ["worker", "start", "--pool", pool, "--type", "process", "--name", name]
+    if queue is not None:
+        args += ["--work-queue", queue]
     process = _spawn([*args, "--limit", str(limit)], worker_env, folder / "worker.log")
     try:
         yield process

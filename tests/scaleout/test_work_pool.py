@@ -39,6 +39,10 @@ pytestmark = [
 ]
 
 POOL = "koii-rounds"
+#: Where each worker takes runs from: the run that loses its machine goes to worker-b alone, so
+#: the loss never takes another task's run down with it (a flow run dies with its worker's
+#: pipes); the other runs, and the lost round run again, go to worker-a.
+QUEUES = {"worker-a": "default", "worker-b": "lossy"}
 #: The two round flows on the pool: shards on the flow run's threads, or on a Dask cluster.
 ON_THREADS = "koii-sandbox-round/rounds"
 ON_DASK = "koii-dask-round/rounds"
@@ -131,10 +135,10 @@ def stack(tmp_path: Path, moto_endpoint: str) -> Iterator[Stack]:
         workers = {
             name: running.enter_context(
                 services.prefect_worker(
-                    POOL, name, server.api_url, tmp_path / name, run_env, limit=2
+                    POOL, name, server.api_url, tmp_path / name, run_env, limit=2, queue=queue
                 )
             )
-            for name in ("worker-a", "worker-b")
+            for name, queue in QUEUES.items()
         }
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             deploy_rounds()  # while the workers start
@@ -142,11 +146,13 @@ def stack(tmp_path: Path, moto_endpoint: str) -> Iterator[Stack]:
 
 
 def create_pool() -> None:
-    """The process work pool, as `prefect work-pool create POOL --type process` makes it."""
+    """The process work pool, as `prefect work-pool create POOL --type process` makes it, and
+    its second work queue (`prefect work-queue create lossy --pool POOL`)."""
     from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+        client.create_work_queue(name=QUEUES["worker-b"], work_pool_name=POOL)
 
 
 def deploy_rounds() -> None:
@@ -170,9 +176,15 @@ def deploy_rounds() -> None:
 
 
 def submit(
-    stack: Stack, deployment: str, task_dir: Path, round_number: int, network: dict[str, Any]
+    stack: Stack,
+    deployment: str,
+    task_dir: Path,
+    round_number: int,
+    network: dict[str, Any],
+    worker: str = "worker-a",
 ) -> UUID:
-    """A flow run of a deployment for one round of one task; returns at once."""
+    """A flow run of a deployment for one round of one task, on ``worker``'s work queue;
+    returns at once."""
     parameters = {
         "task_dir": str(task_dir),
         "round_number": round_number,
@@ -180,7 +192,9 @@ def submit(
         **network,
     }
     with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-        run = run_deployment(deployment, parameters=parameters, timeout=0)
+        run = run_deployment(
+            deployment, parameters=parameters, timeout=0, work_queue_name=QUEUES[worker]
+        )
     return run.id  # type: ignore[union-attr]
 
 
@@ -241,7 +255,14 @@ class TestRoundsOnAWorkPool:
             ),
         }
         wave = {
-            name: submit(stack, deployment, directory, 0, {**network, **extra})
+            name: submit(
+                stack,
+                deployment,
+                directory,
+                0,
+                {**network, **extra},
+                worker="worker-b" if name == "losing-beta" else "worker-a",
+            )
             for name, (deployment, directory, network, extra) in tasks.items()
         }
         others = [run for name, run in wave.items() if name != "losing-beta"]
