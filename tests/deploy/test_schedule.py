@@ -94,7 +94,15 @@ class TestScheduledRounds:
         assert verify_ledger(store, task_id).entries == len(ledger.entries)
         assert [e.body.round for e in ledger.entries] == list(range(len(ledger.entries)))
 
-        runs = {run.name: run for run in deployment_runs(api, task_id)}
+        every_run = deployment_runs(api, task_id)
+        runs = {run.name: run for run in every_run}
+        # Nothing crashed here, so nothing was re-run: one flow run per paid round.
+        paid_names = {f"{task_id}-round-{n}" for n in paid}
+        assert len([r for r in every_run if r.name in paid_names]) == len(paid), [
+            (r.name, r.state.name if r.state else None, r.state.message if r.state else None,
+             r.tags, str(r.expected_start_time))
+            for r in every_run
+        ]  # fmt: skip
         paid_runs = [runs[f"{task_id}-round-{n}"] for n in paid]
         for number, run in zip(paid, paid_runs, strict=True):
             assert run.state.is_completed()
