@@ -86,6 +86,9 @@ class TestScheduledRounds:
                 what=f"{PAID_ROUNDS} paid rounds with completed flow runs",
             )
             paid = completed_paid_rounds(deployed, prefect_server.api_url)
+            # Read while it still serves: stopping the deploy process cancels the runs Prefect's
+            # runner still holds, and a run that has just completed can be one of them.
+            every_run = deployment_runs(prefect_server.api_url, deployed.task_id)
         task_id = deployed.task_id
         api = prefect_server.api_url
         store = FileStore(tmp_path / "store")
@@ -94,7 +97,6 @@ class TestScheduledRounds:
         assert verify_ledger(store, task_id).entries == len(ledger.entries)
         assert [e.body.round for e in ledger.entries] == list(range(len(ledger.entries)))
 
-        every_run = deployment_runs(api, task_id)
         runs = {run.name: run for run in every_run}
         # Nothing crashed here, so nothing was re-run: one flow run per paid round.
         paid_names = {f"{task_id}-round-{n}" for n in paid}
