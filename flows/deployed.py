@@ -18,12 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import artifacts
 from flows.round import SHARD_CONCURRENCY, run_round_steps
 from koiitasks.deployment import open_deployed_engine, plan_deployment
 from koiitasks.events import emit, missed_event, round_events
@@ -54,19 +54,23 @@ def _run_name() -> str:
 
 def publish_balances(engine: LiveEngine) -> None:
     """The task's latest balances, under one key for the task: the newest version is current."""
-    create_table_artifact(
-        key=artifact_key(engine.task_id, "balances"),
-        table=balances_table(engine.ledger, engine.network),
-        description=f"{engine.task_id}: balances and stakes after round "
-        f"{engine.ledger.head.body.round if engine.ledger.head else '-'}",
+    artifacts.publish(
+        artifacts.table(
+            artifact_key(engine.task_id, "balances"),
+            balances_table(engine.ledger, engine.network),
+            f"{engine.task_id}: balances and stakes after round "
+            f"{engine.ledger.head.body.round if engine.ledger.head else '-'}",
+        )
     )
 
 
 def publish_missed(engine: LiveEngine, round_number: int, reason: str) -> State[Any]:
-    create_markdown_artifact(
-        key=artifact_key(engine.task_id, "round-summary"),
-        markdown=missed_markdown(engine.task_id, round_number, reason),
-        description=f"{engine.task_id} round {round_number}: missed",
+    artifacts.publish(
+        artifacts.markdown(
+            artifact_key(engine.task_id, "round-summary"),
+            missed_markdown(engine.task_id, round_number, reason),
+            f"{engine.task_id} round {round_number}: missed",
+        )
     )
     emit([missed_event(engine.task_id, m.round, m.reason) for m in engine.recorded_missed])
     return Completed(name="Missed", message=f"round {round_number} missed: {reason}")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows import artifacts
 from koiitasks.collector import round_collection
 from koiitasks.errors import KoiiTasksError, RoundError
 from koiitasks.remote import open_remote
@@ -69,16 +69,18 @@ def settle(engine: RoundEngine, round_number: int, outcome: DistributionOutcome)
 
 
 def publish(result: RoundResult) -> None:
-    """The round summary and payouts table as artifacts of this flow run."""
-    create_markdown_artifact(
-        key=artifact_key(result.task_id, "round-summary"),
-        markdown=round_markdown(result),
-        description=f"{result.task_id} round {result.round}",
-    )
-    create_table_artifact(
-        key=artifact_key(result.task_id, "payouts"),
-        table=payouts_table(result),
-        description=f"{result.task_id} round {result.round}: payouts and slashes",
+    """The round summary and payouts table as artifacts of this flow run (side by side)."""
+    artifacts.publish(
+        artifacts.markdown(
+            artifact_key(result.task_id, "round-summary"),
+            round_markdown(result),
+            f"{result.task_id} round {result.round}",
+        ),
+        artifacts.table(
+            artifact_key(result.task_id, "payouts"),
+            payouts_table(result),
+            f"{result.task_id} round {result.round}: payouts and slashes",
+        ),
     )
 
 

@@ -16,14 +16,18 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 
+from flows.deployed import deployed_round
 from flows.round import sandbox_round
+from koiitasks.clock import SimulatedClock, WallClock
+from koiitasks.deployment import prepare_deployed_task
 from koiitasks.errors import RoundError, StorageUnavailable
+from koiitasks.reports import payouts_table, round_markdown
 from koiitasks.round import RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.storage import FileStore, Layout
 from koiitasks.task import load_task
-from koiitasks.testing import sandbox
-from tests.conftest import HASH_PUZZLE
+from koiitasks.testing import sandbox, write_task
+from tests.conftest import ECHO_TASK, HASH_PUZZLE
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -76,13 +80,16 @@ class TestRoundFlow:
         self, tmp_path: Path
     ) -> None:
         """The flow run is called `{task}-round-{N}`, completes, and has the round summary and
-        the payouts table as artifacts."""
-        sandbox_round(
-            task_dir=str(HASH_PUZZLE),
-            round_number=0,
-            store=str(tmp_path / "named"),
-            nodes=4,
-            seed=99,
+        the payouts table, one row a node, as artifacts."""
+        result = RoundResult.model_validate_json(
+            sandbox_round(
+                task_dir=str(HASH_PUZZLE),
+                round_number=0,
+                store=str(tmp_path / "named"),
+                nodes=4,
+                seed=99,
+                adversaries={"lazy": 1},
+            )
         )
         runs = asyncio.run(_flow_runs("hash-puzzle-round-0"))
         assert runs, "no flow run named hash-puzzle-round-0"
@@ -94,6 +101,10 @@ class TestRoundFlow:
         assert {"hash-puzzle-round-summary", "hash-puzzle-payouts"} <= keys
         table = next(a for a in artifacts if a.key == "hash-puzzle-payouts")
         assert table.type == "table"
+        assert json.loads(table.data) == payouts_table(result)
+        assert {row["outcome"] for row in json.loads(table.data)} == {"approved", "rejected"}
+        summary = next(a for a in artifacts if a.key == "hash-puzzle-round-summary")
+        assert (summary.type, summary.data) == ("markdown", round_markdown(result))
 
     def test_rerunning_a_settled_round_in_a_flow_changes_nothing(self, tmp_path: Path) -> None:
         """A flow run of a settled round reports it settled and writes nothing."""
@@ -127,3 +138,25 @@ class TestRoundFlow:
         result = json.loads(sandbox_round(task_dir=str(HASH_PUZZLE), round_number=0, **options))
         assert result["distribution_accepted"]
         assert FileStore(tmp_path / "faulty").exists(ledger)
+
+
+class TestDeployedRoundFlow:
+    """The deployed round flow, called directly on the wall clock."""
+
+    def test_a_run_for_a_round_long_past_records_it_missed_and_says_so_in_its_summary(
+        self, tmp_path: Path
+    ) -> None:
+        """A run for a round whose windows closed an hour ago ends Completed named Missed, and
+        its summary artifact names the round and why it was missed."""
+        task_dir = write_task(tmp_path / "echo", ECHO_TASK)
+        store = str(tmp_path / "deployed")
+        an_hour_ago = SimulatedClock(WallClock().now_ms() - 3_600_000)
+        prepare_deployed_task(task_dir, store, nodes=3, seed=5, clock=an_hour_ago)
+        state = deployed_round(
+            task_dir=str(task_dir), store=store, round_number=0, return_state=True
+        )
+        assert (state.name, state.is_completed()) == ("Missed", True)
+        (summary,) = asyncio.run(_artifacts(state.state_details.flow_run_id))
+        assert (summary.key, summary.type) == ("test-task-round-summary", "markdown")
+        assert "round 0" in summary.data
+        assert "missed" in summary.data
