@@ -42,8 +42,10 @@ def run(
     workers: Annotated[
         int,
         typer.Option(
-            help="Threads running hooks; 1 runs every hook in the main thread, one after "
-            "another, so a breakpoint() in a hook stops there.",
+            help="Threads running hooks, at most: more than one are used only while hooks "
+            "wait (I/O, sleeps), as hooks that compute only contend for Python's GIL. 1 runs "
+            "every hook in the main thread, one after another, so a breakpoint() in a hook "
+            "stops there.",
             min=1,
         ),
     ] = 4,
