@@ -259,6 +259,9 @@ def _missed_while_down(
     if why is None:
         return  # still due, or already opened: the run goes ahead
     reason = f"nothing ran it before its submission window closed ({why})"
+    # It never started, so it still has the name the server made up; a run that starts names
+    # itself after its round, and the UI lists every round's run under its number.
+    client.update_flow_run(run.id, name=f"{engine.task_id}-round-{number}")
     client.set_flow_run_state(
         run.id, Cancelled(message=f"round {number} missed: {reason}"), force=True
     )

@@ -158,8 +158,8 @@ class TestRecovery:
     def test_a_run_that_came_due_while_down_is_cancelled_and_recorded_missed(
         self, deployment: Deployment
     ) -> None:
-        """Round 8's scheduled run never ran and its window closed: cancelled, not run late;
-        the round has its signed missed record and one event."""
+        """Round 8's scheduled run never ran and its window closed: cancelled, not run late,
+        and named after its round; the round has its signed missed record and one event."""
         plan = deployment.plan
         missed = deployment.run(plan.round_start_ms(8))
         due = deployment.run(plan.round_start_ms(12))
@@ -168,6 +168,7 @@ class TestRecovery:
         assert [e.event for e in report.events] == [ROUND_MISSED]
         assert report.events[0].payload["round"] == 8
         assert deployment.read(missed).state.is_cancelled()
+        assert deployment.read(missed).name == f"{deployment.engine.task_id}-round-8"
         assert deployment.read(due).state.is_scheduled()
         store = open_store(deployment.store)
         assert store.exists(Layout(deployment.engine.task_id).missed(8))
