@@ -9,13 +9,9 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterName,
-)
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows import artifacts
 from flows.deployed import deployed_round
 from flows.round import sandbox_round
 from koiitasks.clock import SimulatedClock, WallClock
@@ -32,13 +28,9 @@ from tests.conftest import ECHO_TASK, HASH_PUZZLE
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-async def _flow_runs(name: str) -> list[Any]:
+async def _flow_run(flow_run_id: Any) -> Any:
     async with get_client() as client:
-        return list(
-            await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-            )
-        )
+        return await client.read_flow_run(flow_run_id)
 
 
 async def _artifacts(flow_run_id: Any) -> list[Any]:
@@ -81,19 +73,19 @@ class TestRoundFlow:
     ) -> None:
         """The flow run is called `{task}-round-{N}`, completes, and has the round summary and
         the payouts table, one row a node, as artifacts."""
-        result = RoundResult.model_validate_json(
-            sandbox_round(
-                task_dir=str(HASH_PUZZLE),
-                round_number=0,
-                store=str(tmp_path / "named"),
-                nodes=4,
-                seed=99,
-                adversaries={"lazy": 1},
-            )
+        state = sandbox_round(
+            task_dir=str(HASH_PUZZLE),
+            round_number=0,
+            store=str(tmp_path / "named"),
+            nodes=4,
+            seed=99,
+            adversaries={"lazy": 1},
+            return_state=True,
         )
-        runs = asyncio.run(_flow_runs("hash-puzzle-round-0"))
-        assert runs, "no flow run named hash-puzzle-round-0"
-        run = runs[0]
+        result = RoundResult.model_validate_json(state.result())
+        # Other specs run round 0 of this task too: this run is the one its state names.
+        run = asyncio.run(_flow_run(state.state_details.flow_run_id))
+        assert run.name == "hash-puzzle-round-0"
         assert run.state is not None
         assert run.state.is_completed()
         artifacts = asyncio.run(_artifacts(run.id))
@@ -160,3 +152,16 @@ class TestDeployedRoundFlow:
         assert (summary.key, summary.type) == ("test-task-round-summary", "markdown")
         assert "round 0" in summary.data
         assert "missed" in summary.data
+
+
+class TestArtifacts:
+    """The artifacts' content, as the UI reads it."""
+
+    @pytest.mark.parametrize(
+        "credit", [pytest.param(10**9, id="int"), pytest.param(2**70, id="over-64-bits")]
+    )
+    def test_a_table_is_its_rows_as_json(self, credit: int) -> None:
+        """A table artifact's data is its rows as JSON, whatever the size of their integers."""
+        rows = [{"node": "a", "credit": credit}, {"node": "b", "credit": 0}]
+        made = artifacts.table("k", rows, "d")
+        assert (made.type, json.loads(str(made.data))) == ("table", rows)

@@ -70,6 +70,11 @@ class HookPace:
 
     Each job times the hooks it runs, in wall time and in its thread's CPU time; a call adds a
     job when its hooks mostly wait, or when none has finished for :data:`STALL_S`.
+
+    Native code that releases the GIL (hashing large inputs, numpy) counts as computing, so
+    such hooks stay on one thread per call, where more threads would have run them side by
+    side; with more than two shard threads (4 or more cores) computing hooks each get less
+    than a quarter of the GIL and may count as waiting, up to ``workers`` threads.
     """
 
     def __init__(
@@ -181,7 +186,7 @@ class SimulatedPool(NodePool):
                 self.failures(e)
                 return self._reply(node_id, None, str(e))
 
-        if self._executor is None:
+        if self._executor is None or not calls:
             return [guarded(node_id, call) for node_id, call in calls.items()]
         queue = collections.deque(calls.items())
         replies: dict[str, Reply] = {}
