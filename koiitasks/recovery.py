@@ -13,6 +13,10 @@ it looks at the deployment's unfinished runs:
 - A scheduled run whose round's execute window has already closed (the deployment was down) is
   cancelled and its round recorded as missed, with an event, instead of being run late.
 
+- A run that completed and that Prefect's runner then marked cancelled as it stopped (it still
+  held the run, whose process had just exited, and cancels what it holds when it stops) is
+  completed again, as it was: its round was done, and the UI should say so.
+
 Runs claimed on another host are left alone: only that host can tell whether they are alive.
 """
 
@@ -43,6 +47,9 @@ NOT_A_ROUND = (
 
 log = logging.getLogger("koiitasks.recovery")
 
+#: The message Prefect's runner gives the runs it still holds when it stops.
+RUNNER_SHUTDOWN = "Runner is shutting down."
+
 #: A pending or running run that has not claimed a process this long after its last state
 #: change is taken as dead (a live one claims within a second or two of its process starting).
 UNCLAIMED_AFTER_S = 60.0
@@ -56,6 +63,7 @@ class RecoveryReport:
     rerun: list[int] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
     stray: int = 0
+    restored: int = 0
     rerun_ids: list[UUID] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
 
@@ -69,6 +77,11 @@ class RecoveryReport:
             out.append(f"{_rounds(self.missed)} came due while down: recorded as missed")
         if self.stray:
             out.append(f"{self.stray} scheduled runs fall between rounds: cancelled")
+        if self.restored:
+            out.append(
+                f"{self.restored} completed runs were marked cancelled as the last deploy "
+                "stopped: completed again"
+            )
         return out
 
 
@@ -157,10 +170,7 @@ def recover(
 
     report = RecoveryReport()
     now_ms = engine.slot_clock.clock.now_ms()
-    # Older runs are past their rounds' deadlines: nothing left to re-run or record.
-    since = dt.datetime.fromtimestamp(
-        (now_ms - (plan.live_rounds + 2) * plan.round_ms) / 1000, tz=dt.UTC
-    )
+    since = _recent(plan, engine)
     wanted = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CRASHED]
     recent = FlowRunFilter(
         deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
@@ -182,7 +192,63 @@ def recover(
             elif _is_dead(run, state.timestamp, now_ms=now_ms, starting=starting):
                 _crash(client, run, number, report)
                 _rerun(client, plan, engine, deployment_id, run, number, report)
+        _restore_completed(client, deployment_id, since, report)
     return report
+
+
+def restore_completed(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> int:
+    """Complete again the runs that Prefect's runner cancelled after they had completed, as a
+    serve process does once its runner has stopped; how many."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+
+    report = RecoveryReport()
+    since = _recent(plan, engine)
+    with (
+        prefect_api("restore the deployment's completed runs"),
+        get_client(sync_client=True) as client,
+    ):
+        _restore_completed(client, deployment_id, since, report)
+    return report.restored
+
+
+def _recent(plan: DeploymentPlan, engine: LiveEngine) -> dt.datetime:
+    """Older runs are past their rounds' deadlines: nothing left to re-run or record."""
+    now_ms = engine.slot_clock.clock.now_ms()
+    return dt.datetime.fromtimestamp(
+        (now_ms - (plan.live_rounds + 2) * plan.round_ms) / 1000, tz=dt.UTC
+    )
+
+
+def _restore_completed(
+    client: Any, deployment_id: UUID, since: dt.datetime, report: RecoveryReport
+) -> None:
+    from prefect.client.schemas.filters import (  # noqa: PLC0415
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+    from prefect.states import Completed  # noqa: PLC0415
+
+    cancelled = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLED])),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+    )
+    for run in client.read_flow_runs(flow_run_filter=cancelled, limit=200):
+        if run.state is None or run.state.message != RUNNER_SHUTDOWN:
+            continue
+        finished = [s for s in client.read_flow_run_states(run.id) if s.is_completed()]
+        if not finished:
+            continue  # cancelled mid-round: recovery re-runs or records the round
+        last = max(finished, key=lambda s: s.timestamp)
+        client.set_flow_run_state(
+            run.id, Completed(name=last.name, message=last.message), force=True
+        )
+        log.info("run %s had completed before the runner cancelled it: completed again", run.id)
+        report.restored += 1
 
 
 def _round_of(plan: DeploymentPlan, run: Any) -> int | None:

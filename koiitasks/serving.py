@@ -26,7 +26,7 @@ from koiitasks.deployment import DeploymentPlan
 from koiitasks.errors import OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
-from koiitasks.recovery import RecoveryReport, prefect_api, recover
+from koiitasks.recovery import RecoveryReport, prefect_api, recover, restore_completed
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -199,6 +199,13 @@ def serve(
         ) from e
     finally:
         watch.stopped.set()
+    # Stopping, the runner cancels the runs it still holds, one whose process has just exited
+    # after completing its round included: put those back as they were.
+    try:
+        if restored := restore_completed(plan, engine, deployment_id):
+            say([f"{restored} runs completed as the runner stopped: marked completed again"])
+    except OrchestrationError as e:
+        say([f"could not check the runs the runner cancelled as it stopped: {e.message}"])
 
 
 def _api_url() -> str:

@@ -19,7 +19,8 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.states import Crashed, Running, Scheduled
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled, Completed, Crashed, Running, Scheduled
 
 from koiitasks import recovery
 from koiitasks.clock import SimulatedClock, WallClock
@@ -174,6 +175,31 @@ class TestRecovery:
         assert store.exists(Layout(deployment.engine.task_id).missed(8))
         again = recovery.recover(plan, deployment.engine, deployment.id)
         assert (again.missed, again.events) == ([], [])
+
+    def test_a_run_the_runner_cancelled_after_it_completed_is_completed_again(
+        self, deployment: Deployment
+    ) -> None:
+        """A run that completed and was then marked cancelled by Prefect's stopping runner is
+        completed again, with its own state's name and message; one it cancelled mid-round
+        stays cancelled."""
+        start = deployment.plan.round_start_ms(10)
+        finished = deployment.run(start, Running())
+        unfinished = deployment.run(start, Running())
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(finished, Completed(name="Missed", message="round 10"))
+            for run in (finished, unfinished):
+                shutdown: Any = Cancelled(message=recovery.RUNNER_SHUTDOWN)
+                client.set_flow_run_state(run, shutdown, force=True)
+        report = recovery.recover(deployment.plan, deployment.engine, deployment.id)
+        state = deployment.read(finished).state
+        assert (state.type, state.name, state.message) == (
+            StateType.COMPLETED, "Missed", "round 10"
+        )  # fmt: skip
+        assert deployment.read(unfinished).state.is_cancelled()
+        assert report.restored == 1
+        assert "1 completed runs were marked cancelled" in " ".join(report.lines())
+        restored = recovery.restore_completed(deployment.plan, deployment.engine, deployment.id)
+        assert restored == 0
 
     def test_runs_between_rounds_are_cancelled(self, deployment: Deployment) -> None:
         """A run due between two rounds' first slots (an older schedule's) is cancelled."""
