@@ -159,24 +159,13 @@ def recover(
     re-run if their round can still settle.
     """
     from prefect.client.orchestration import get_client  # noqa: PLC0415
-    from prefect.client.schemas.filters import (  # noqa: PLC0415
-        FlowRunFilter,
-        FlowRunFilterDeploymentId,
-        FlowRunFilterExpectedStartTime,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
     from prefect.client.schemas.objects import StateType  # noqa: PLC0415
 
     report = RecoveryReport()
     now_ms = engine.slot_clock.clock.now_ms()
-    since = _recent(plan, engine)
+    since = _recent(plan, now_ms)
     wanted = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CRASHED]
-    recent = FlowRunFilter(
-        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=wanted)),
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
-    )
+    recent = _runs_in(deployment_id, wanted, since)
     with prefect_api("recover the deployment's runs"), get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=recent, limit=200):
             state = run.state
@@ -202,7 +191,7 @@ def restore_completed(plan: DeploymentPlan, engine: LiveEngine, deployment_id: U
     from prefect.client.orchestration import get_client  # noqa: PLC0415
 
     report = RecoveryReport()
-    since = _recent(plan, engine)
+    since = _recent(plan, engine.slot_clock.clock.now_ms())
     with (
         prefect_api("restore the deployment's completed runs"),
         get_client(sync_client=True) as client,
@@ -211,17 +200,15 @@ def restore_completed(plan: DeploymentPlan, engine: LiveEngine, deployment_id: U
     return report.restored
 
 
-def _recent(plan: DeploymentPlan, engine: LiveEngine) -> dt.datetime:
+def _recent(plan: DeploymentPlan, now_ms: int) -> dt.datetime:
     """Older runs are past their rounds' deadlines: nothing left to re-run or record."""
-    now_ms = engine.slot_clock.clock.now_ms()
     return dt.datetime.fromtimestamp(
         (now_ms - (plan.live_rounds + 2) * plan.round_ms) / 1000, tz=dt.UTC
     )
 
 
-def _restore_completed(
-    client: Any, deployment_id: UUID, since: dt.datetime, report: RecoveryReport
-) -> None:
+def _runs_in(deployment_id: UUID, states: list[Any], since: dt.datetime) -> Any:
+    """A filter for the deployment's runs in one of ``states``, due after ``since``."""
     from prefect.client.schemas.filters import (  # noqa: PLC0415
         FlowRunFilter,
         FlowRunFilterDeploymentId,
@@ -229,14 +216,21 @@ def _restore_completed(
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
+
+    return FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)),
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+    )
+
+
+def _restore_completed(
+    client: Any, deployment_id: UUID, since: dt.datetime, report: RecoveryReport
+) -> None:
     from prefect.client.schemas.objects import StateType  # noqa: PLC0415
     from prefect.states import Completed  # noqa: PLC0415
 
-    cancelled = FlowRunFilter(
-        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLED])),
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
-    )
+    cancelled = _runs_in(deployment_id, [StateType.CANCELLED], since)
     for run in client.read_flow_runs(flow_run_filter=cancelled, limit=200):
         if run.state is None or run.state.message != RUNNER_SHUTDOWN:
             continue
