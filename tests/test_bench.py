@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from flows.round import SHARD_CONCURRENCY
 from tests.conftest import ROOT
 
 ROUND_KEYS = {
@@ -39,3 +42,44 @@ class TestRoundBench:
             assert isinstance(report[key], float), key
             assert report[key] > 0, key
         assert isinstance(report["naive_all_recorded"], bool)
+
+
+PARTS_KEYS = {
+    "nodes", "full_s", "no_writes_s", "no_crypto_s", "python_s", "threads_s", "floor_s",
+    "threads_speedup", "gil_bound_vs_floor", "even_split_vs_floor", "threads_vs_floor",
+}  # fmt: skip
+
+
+class TestRoundPartsBench:
+    """bench/round_parts.py."""
+
+    def test_quick_run_prints_every_part_measured(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """--quick --json prints one object with every way of running the round timed, and
+        the ratios computed from those times."""
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "round_parts.py"), "--quick", "--json"],
+            env=cli_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert set(report) == PARTS_KEYS
+        assert report["nodes"] == 300
+        for key in PARTS_KEYS - {"nodes"}:
+            assert isinstance(report[key], float), key
+            assert report[key] > 0, key
+        # The ratios are those of the times printed (which are rounded to the millisecond).
+        ratios = {
+            "threads_speedup": report["full_s"] / report["threads_s"],
+            "gil_bound_vs_floor": report["python_s"] / report["floor_s"],
+            "even_split_vs_floor": report["full_s"] / SHARD_CONCURRENCY / report["floor_s"],
+            "threads_vs_floor": report["threads_s"] / report["floor_s"],
+        }
+        for key, ratio in ratios.items():
+            assert report[key] == pytest.approx(ratio, rel=0.03), key

@@ -1,0 +1,175 @@
+"""Where a round's time goes, and what Python's interpreter lock leaves of two cores.
+
+For a node count N it runs, in one process, the plain round (library calls, no Prefect) of
+``bench/tasks/trivial`` that ``round_bench.py`` measures, in five ways, and that benchmark's
+floor:
+
+- ``full_s``: in one thread, as it is (the baseline of every ratio);
+- ``no_writes_s``: the same on the in-memory store, so no file is written;
+- ``no_crypto_s``: the same with ed25519 signing and verification replaced by no-ops;
+- ``python_s``: both taken out: only the Python a round runs around its signatures,
+  verifications and writes (records, checks, hooks, the simulated nodes);
+- ``threads_s``: the round's steps with its shards on ``SHARD_CONCURRENCY`` threads, as the
+  Prefect flow runs them, everything real;
+- ``floor_s``: ``round_bench.py``'s floor: the round's signatures, verifications and
+  create-only writes alone, in a tight loop on the same threads.
+
+From these:
+
+- ``threads_speedup = full_s / threads_s``: what the shard threads gain;
+- ``gil_bound_vs_floor = python_s / floor_s``: the least ``vs_floor`` threads could reach
+  with perfect overlap, since the round's Python holds the lock whatever the threads do;
+- ``even_split_vs_floor = full_s / SHARD_CONCURRENCY / floor_s``: the round's whole work split
+  evenly over the cores, what Python running on every core at once (a free-threaded build)
+  could at best reach;
+- ``threads_vs_floor = threads_s / floor_s``: where the threads really are.
+
+    python bench/round_parts.py --nodes 10000 --repeat 3 --json
+    python bench/round_parts.py --quick --json     # what CI runs: asserts nothing about time
+
+It asserts nothing about time. Each way runs ``--repeat`` times, interleaved, on a fresh store
+with no remembered verdicts, its network made before the clock starts; the best of each is
+reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flows.round import SHARD_CONCURRENCY
+from koiitasks import identity
+from koiitasks.collector import round_collection
+from koiitasks.identity import Keypair
+from koiitasks.sandbox import Sandbox, open_sandbox
+
+if TYPE_CHECKING:  # mypy reads bench/ as a package; run as a script, bench/ is on sys.path
+    from bench.round_bench import SEED, TASK_DIR, CryptoCounter, floor, round_writes
+else:
+    from round_bench import SEED, TASK_DIR, CryptoCounter, floor, round_writes
+
+#: A well-formed signature (128 lowercase hex digits) for the rounds without cryptography.
+NO_SIGNATURE = "ab" * 64
+
+
+class _AcceptingKey:
+    def verify(self, message: bytes, _signature: bytes) -> bytes:
+        return message
+
+
+@contextmanager
+def no_crypto() -> Iterator[None]:
+    """Signing returns a fixed signature and every signature verifies: no ed25519 at all."""
+    sign, verify_key = Keypair.sign, identity._verify_key
+    setattr(Keypair, "sign", lambda _keypair, _message: NO_SIGNATURE)  # noqa: B010
+    setattr(identity, "_verify_key", lambda _public_id: _AcceptingKey())  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(Keypair, "sign", sign)  # noqa: B010
+        setattr(identity, "_verify_key", verify_key)  # noqa: B010
+
+
+def sandbox_on(store: str, nodes: int) -> Sandbox:
+    """A sandbox on a new store, its network made (set-up, not round cost), no verdict kept."""
+    sandbox = open_sandbox(TASK_DIR, store=store, nodes=nodes, seed=SEED)
+    identity._verified.clear()
+    sandbox.begin(0)
+    return sandbox
+
+
+def in_one_thread(sandbox: Sandbox) -> None:
+    result = sandbox.engine.run(0)
+    assert result.distribution_accepted, "the benchmark round did not settle"
+
+
+def on_threads(sandbox: Sandbox) -> None:
+    """The flow's steps (``flows.round``), its shards on a pool of threads, without Prefect."""
+    engine = sandbox.engine
+    with round_collection(), cf.ThreadPoolExecutor(SHARD_CONCURRENCY) as pool:
+        engine.open_round(0)
+        list(pool.map(lambda s: engine.execute_shard(0, s), engine.shards(engine.eligible(0))))
+        plan = engine.plan_audits(0)
+        slices = [({a: plan[a] for a in s}, s) for s in engine.shards(sorted(plan))]
+        list(pool.map(lambda part: engine.audit_shard(0, *part), slices))
+        outcome = engine.distribute(0)
+        engine.settle(0, outcome)
+    result = engine.result(0, reasons=outcome.reasons)
+    assert result.distribution_accepted, "the benchmark round did not settle"
+
+
+#: Each way: its store's kind, whether cryptography runs, and how the round is run.
+WAYS: dict[str, tuple[str, bool, Callable[[Sandbox], None]]] = {
+    "full_s": ("file", True, in_one_thread),
+    "no_writes_s": ("memory", True, in_one_thread),
+    "no_crypto_s": ("file", False, in_one_thread),
+    "python_s": ("memory", False, in_one_thread),
+    "threads_s": ("file", True, on_threads),
+}
+
+
+def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
+    logging.getLogger("koiitasks").setLevel(logging.ERROR)
+    work = Path(tempfile.mkdtemp(prefix="koiitasks-round-parts-"))
+    runs: dict[str, list[float]] = {way: [] for way in WAYS}
+    for i in range(-1, repeat):  # run -1 warms up every way on a small network
+        size = min(nodes, 50) if i < 0 else nodes
+        for way, (kind, signs, run) in WAYS.items():
+            name = f"{way}-{i + 1}"
+            store = f"memory://{work.name}-{name}" if kind == "memory" else str(work / name)
+            sandbox = sandbox_on(store, size)
+            stubbed: AbstractContextManager[None] = nullcontext() if signs else no_crypto()
+            with stubbed:
+                start = time.perf_counter()
+                run(sandbox)
+                elapsed = time.perf_counter() - start
+            if i >= 0:
+                runs[way].append(elapsed)
+    best = {way: min(times) for way, times in runs.items()}
+
+    counted = str(work / "counted")
+    sandbox = sandbox_on(counted, nodes)
+    with CryptoCounter() as counter:
+        in_one_thread(sandbox)
+    writes = round_writes(Path(counted), sandbox.loaded.task_id, 0)
+    floor_s = min(floor(counter.signs, counter.verifies, writes) for _ in range(repeat))
+    return {
+        "nodes": nodes,
+        **{way: round(seconds, 3) for way, seconds in best.items()},
+        "floor_s": round(floor_s, 3),
+        "threads_speedup": round(best["full_s"] / best["threads_s"], 3),
+        "gil_bound_vs_floor": round(best["python_s"] / floor_s, 3),
+        "even_split_vs_floor": round(best["full_s"] / SHARD_CONCURRENCY / floor_s, 3),
+        "threads_vs_floor": round(best["threads_s"] / floor_s, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=10000, help="simulated nodes (default 10000)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="300 nodes, once (CI)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each way; the best is reported (default 1)"
+    )
+    args = parser.parse_args()
+    nodes, repeat = (300, 1) if args.quick else (args.nodes, args.repeat)
+    report = measure(nodes, repeat=repeat)
+    if args.json:
+        print(json.dumps(report))
+        return
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
