@@ -4,7 +4,7 @@ For a node count N it runs, in one process, the plain round (library calls, no P
 ``bench/tasks/trivial`` that ``round_bench.py`` measures, in five ways, and that benchmark's
 floor:
 
-- ``full_s``: in one thread, as it is (the baseline of every ratio);
+- ``full_s``: in one shard thread, as it is (the baseline of every ratio);
 - ``no_writes_s``: the same on the in-memory store, so no file is written;
 - ``no_crypto_s``: the same with ed25519 signing and verification replaced by no-ops;
 - ``python_s``: both taken out: only the Python a round runs around its signatures,
@@ -17,11 +17,11 @@ floor:
 From these:
 
 - ``threads_speedup = full_s / threads_s``: what the shard threads gain;
-- ``gil_bound_vs_floor = python_s / floor_s``: the least ``vs_floor`` threads could reach
-  with perfect overlap, since the round's Python holds the lock whatever the threads do;
+- ``gil_bound_vs_floor = python_s / floor_s``: a bound on ``vs_floor`` from the lock alone,
+  since the round's Python holds it whatever the threads do;
 - ``even_split_vs_floor = full_s / SHARD_CONCURRENCY / floor_s``: the round's whole work split
-  evenly over the cores, what Python running on every core at once (a free-threaded build)
-  could at best reach;
+  evenly over the cores, a bound for threads and processes alike (with two cores it is the
+  one that binds);
 - ``threads_vs_floor = threads_s / floor_s``: where the threads really are.
 
     python bench/round_parts.py --nodes 10000 --repeat 3 --json
