@@ -1,7 +1,7 @@
 """Where a round's time goes, and what Python's interpreter lock leaves of two cores.
 
 For a node count N it runs, in one process, the plain round (library calls, no Prefect) of
-``bench/tasks/trivial`` that ``round_bench.py`` measures, in five ways, and that benchmark's
+``bench/tasks/trivial`` that ``round_bench.py`` measures, in six ways, and that benchmark's
 floor:
 
 - ``full_s``: in one shard thread, as it is (the baseline of every ratio);
@@ -11,6 +11,8 @@ floor:
   verifications and writes (records, checks, hooks, the simulated nodes);
 - ``threads_s``: the round's steps with its shards on ``SHARD_CONCURRENCY`` threads, as the
   Prefect flow runs them, everything real;
+- ``threads_no_crypto_s``: the same with signing and verification replaced by no-ops: what a
+  round's own process would still do if all its cryptography went to a helper process for free;
 - ``floor_s``: ``round_bench.py``'s floor: the round's signatures, verifications and
   create-only writes alone, in a tight loop on the same threads.
 
@@ -22,14 +24,16 @@ From these:
 - ``even_split_vs_floor = full_s / SHARD_CONCURRENCY / floor_s``: the round's whole work split
   evenly over the cores, a bound for threads and processes alike (with two cores it is the
   one that binds);
-- ``threads_vs_floor = threads_s / floor_s``: where the threads really are.
+- ``threads_vs_floor = threads_s / floor_s``: where the threads really are;
+- ``helper_bound_vs_floor = threads_no_crypto_s / floor_s``: a bound on ``vs_floor`` for any
+  design that hands the cryptography to another process and keeps the rest on threads.
 
     python bench/round_parts.py --nodes 10000 --repeat 3 --json
     python bench/round_parts.py --quick --json     # what CI runs: asserts nothing about time
 
-It asserts nothing about time. Each way runs ``--repeat`` times, interleaved, on a fresh store
-with no remembered verdicts, its network made before the clock starts; the best of each is
-reported.
+It asserts nothing about time. Each way runs ``--repeat`` times, interleaved (each repeat starts
+with the next way, so none always runs first), on a fresh store with no remembered verdicts, its
+network made before the clock starts and the sandbox freed after; the best of each is reported.
 """
 
 from __future__ import annotations
@@ -38,23 +42,23 @@ import argparse
 import concurrent.futures as cf
 import json
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: bench's parent
+
+from bench.round_bench import SEED, TASK_DIR, CryptoCounter, floor, round_writes
 from flows.round import SHARD_CONCURRENCY
 from koiitasks import identity
 from koiitasks.collector import round_collection
 from koiitasks.identity import Keypair
 from koiitasks.sandbox import Sandbox, open_sandbox
-
-if TYPE_CHECKING:  # mypy reads bench/ as a package; run as a script, bench/ is on sys.path
-    from bench.round_bench import SEED, TASK_DIR, CryptoCounter, floor, round_writes
-else:
-    from round_bench import SEED, TASK_DIR, CryptoCounter, floor, round_writes
+from koiitasks.storage import MemoryStore
 
 #: A well-formed signature (128 lowercase hex digits) for the rounds without cryptography.
 NO_SIGNATURE = "ab" * 64
@@ -86,6 +90,13 @@ def sandbox_on(store: str, nodes: int) -> Sandbox:
     return sandbox
 
 
+def release(sandbox: Sandbox) -> None:
+    """Free a timed sandbox and its in-memory records: 10,000-node ways add up."""
+    sandbox.close()
+    if isinstance(sandbox.store, MemoryStore):
+        sandbox.store.clear()
+
+
 def in_one_thread(sandbox: Sandbox) -> None:
     result = sandbox.engine.run(0)
     assert result.distribution_accepted, "the benchmark round did not settle"
@@ -102,7 +113,7 @@ def on_threads(sandbox: Sandbox) -> None:
         list(pool.map(lambda part: engine.audit_shard(0, *part), slices))
         outcome = engine.distribute(0)
         engine.settle(0, outcome)
-    result = engine.result(0, reasons=outcome.reasons)
+        result = engine.result(0, reasons=outcome.reasons)
     assert result.distribution_accepted, "the benchmark round did not settle"
 
 
@@ -113,6 +124,7 @@ WAYS: dict[str, tuple[str, bool, Callable[[Sandbox], None]]] = {
     "no_crypto_s": ("file", False, in_one_thread),
     "python_s": ("memory", False, in_one_thread),
     "threads_s": ("file", True, on_threads),
+    "threads_no_crypto_s": ("file", False, on_threads),
 }
 
 
@@ -120,9 +132,12 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
     logging.getLogger("koiitasks").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="koiitasks-round-parts-"))
     runs: dict[str, list[float]] = {way: [] for way in WAYS}
+    ways = list(WAYS)
     for i in range(-1, repeat):  # run -1 warms up every way on a small network
         size = min(nodes, 50) if i < 0 else nodes
-        for way, (kind, signs, run) in WAYS.items():
+        turn = max(i, 0) % len(ways)
+        for way in ways[turn:] + ways[:turn]:
+            kind, signs, run = WAYS[way]
             name = f"{way}-{i + 1}"
             store = f"memory://{work.name}-{name}" if kind == "memory" else str(work / name)
             sandbox = sandbox_on(store, size)
@@ -131,6 +146,7 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
                 start = time.perf_counter()
                 run(sandbox)
                 elapsed = time.perf_counter() - start
+            release(sandbox)
             if i >= 0:
                 runs[way].append(elapsed)
     best = {way: min(times) for way, times in runs.items()}
@@ -149,6 +165,7 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
         "gil_bound_vs_floor": round(best["python_s"] / floor_s, 3),
         "even_split_vs_floor": round(best["full_s"] / SHARD_CONCURRENCY / floor_s, 3),
         "threads_vs_floor": round(best["threads_s"] / floor_s, 3),
+        "helper_bound_vs_floor": round(best["threads_no_crypto_s"] / floor_s, 3),
     }
 
 

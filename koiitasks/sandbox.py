@@ -63,7 +63,12 @@ class Sandbox:
         return self.engine.run(round_number)
 
     def close(self) -> None:
+        """Stop the nodes' threads and forget this sandbox, so that :func:`open_sandbox` builds a
+        new one; a long-lived process that opens many sandboxes calls it to free their memory."""
         self.engine.pool.close()
+        with _cache_lock:
+            for key in [key for key, cached in _cache.items() if cached is self]:
+                del _cache[key]
 
 
 _cache: dict[tuple[object, ...], Sandbox] = {}

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.round_parts import NO_SIGNATURE, no_crypto, release, sandbox_on
 from flows.round import SHARD_CONCURRENCY
+from koiitasks.errors import SignatureError
+from koiitasks.identity import Keypair, verify
 from tests.conftest import ROOT
 
 ROUND_KEYS = {
@@ -46,7 +49,8 @@ class TestRoundBench:
 
 PARTS_KEYS = {
     "nodes", "full_s", "no_writes_s", "no_crypto_s", "python_s", "threads_s", "floor_s",
-    "threads_speedup", "gil_bound_vs_floor", "even_split_vs_floor", "threads_vs_floor",
+    "threads_no_crypto_s", "threads_speedup", "gil_bound_vs_floor", "even_split_vs_floor",
+    "threads_vs_floor", "helper_bound_vs_floor",
 }  # fmt: skip
 
 
@@ -80,6 +84,47 @@ class TestRoundPartsBench:
             "gil_bound_vs_floor": report["python_s"] / report["floor_s"],
             "even_split_vs_floor": report["full_s"] / SHARD_CONCURRENCY / report["floor_s"],
             "threads_vs_floor": report["threads_s"] / report["floor_s"],
+            "helper_bound_vs_floor": report["threads_no_crypto_s"] / report["floor_s"],
         }
         for key, ratio in ratios.items():
             assert report[key] == pytest.approx(ratio, rel=0.03), key
+
+
+class TestRoundPartsWithoutCryptography:
+    """bench/round_parts.py's rounds without cryptography: only the signatures change."""
+
+    def test_signing_and_verification_come_back_after_an_error(self) -> None:
+        """Leaving no_crypto() by an exception restores real ed25519 both ways."""
+        keypair = Keypair.from_seed(b"parts")
+        signed_inside: list[str] = []
+
+        def failing_way() -> None:
+            with no_crypto():
+                signed_inside.append(keypair.sign(b"m"))
+                raise RuntimeError("a way failed")
+
+        with pytest.raises(RuntimeError):
+            failing_way()
+        assert signed_inside == [NO_SIGNATURE]
+        signature = keypair.sign(b"m")
+        assert signature != NO_SIGNATURE
+        verify(keypair.public_id, b"m", signature)
+        with pytest.raises(SignatureError):
+            verify(keypair.public_id, b"other", signature)
+
+    def test_a_round_without_cryptography_settles_like_a_real_one(self) -> None:
+        """The same network pays and records the same nodes either way: the stubbed way times
+        the same round, less its signatures."""
+        real = sandbox_on("memory://parts-real", 20)
+        stubbed = sandbox_on("memory://parts-stubbed", 20)
+        try:
+            expected = real.engine.run(0)
+            with no_crypto():
+                got = stubbed.engine.run(0)
+        finally:
+            release(real)
+            release(stubbed)
+        assert got.distribution_accepted
+        assert expected.distribution_accepted
+        assert got.nodes == expected.nodes
+        assert got.counts() == expected.counts()

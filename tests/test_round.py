@@ -9,7 +9,7 @@ import pytest
 from koiitasks.errors import NetworkMismatchError, RoundError
 from koiitasks.ledger import verify_ledger
 from koiitasks.model import Outcome
-from koiitasks.sandbox import build_sandbox, simulated_nodes
+from koiitasks.sandbox import build_sandbox, open_sandbox, simulated_nodes
 from koiitasks.storage import Layout, Store
 from koiitasks.task import load_task
 from koiitasks.testing import memory_store, run_rounds, sandbox, write_task
@@ -402,3 +402,23 @@ class TestHooks:
         assert result.distribution_accepted
         paid = {node: n.credit for node, n in result.nodes.items() if n.credit}
         assert paid == {min(result.nodes): result.bounty}
+
+
+class TestOpenSandbox:
+    """A process keeps one sandbox per task, store and network until it is closed."""
+
+    def test_the_same_arguments_give_the_same_sandbox_until_it_is_closed(
+        self, tmp_path: Path
+    ) -> None:
+        """Closing a sandbox frees it: the next open builds a new one on the same records."""
+        store = str(tmp_path / "store")
+        first = open_sandbox(HASH_PUZZLE, store=store, nodes=3, seed=1)
+        assert open_sandbox(HASH_PUZZLE, store=store, nodes=3, seed=1) is first
+        first.run_round(0)
+        first.close()
+        second = open_sandbox(HASH_PUZZLE, store=store, nodes=3, seed=1)
+        try:
+            assert second is not first
+            assert second.engine.next_round() == 1
+        finally:
+            second.close()

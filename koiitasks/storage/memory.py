@@ -16,6 +16,11 @@ class MemoryStore(Store):
         self._records: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        """Forget every record (for a process that reuses the store's name or its memory)."""
+        with self._lock:
+            self._records.clear()
+
     def _create(self, key: str, data: bytes) -> bool:
         with self._lock:
             if key in self._records:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from koiitasks.errors import InvalidKey, RecordConflict, RecordNotFound
-from koiitasks.storage import Store
+from koiitasks.storage import MemoryStore, Store
 from koiitasks.storage.s3 import S3Store
 
 INVALID_KEYS = [
@@ -162,3 +162,14 @@ def _counting(store: Store, event: str, calls: list[object]) -> Iterator[None]:
         yield
     finally:
         store.client.meta.events.unregister(event, record)
+
+
+class TestMemoryStoreClear:
+    def test_clear_forgets_every_record_and_the_store_stays_usable(self) -> None:
+        """A cleared memory store lists nothing, and a key can be created anew."""
+        store = MemoryStore("clear")
+        store.create("a/b.json", b"1")
+        store.clear()
+        assert list(store.list()) == []
+        assert store.create("a/b.json", b"2") is True
+        assert store.read("a/b.json") == b"2"
