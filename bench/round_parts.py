@@ -1,7 +1,7 @@
 """Where a round's time goes, and what Python's interpreter lock leaves of two cores.
 
 For a node count N it runs, in one process, the plain round (library calls, no Prefect) of
-``bench/tasks/trivial`` that ``round_bench.py`` measures, in six ways, and that benchmark's
+``bench/tasks/trivial`` that ``round_bench.py`` measures, in eight ways, and that benchmark's
 floor:
 
 - ``full_s``: in one shard thread, as it is (the baseline of every ratio);
@@ -13,6 +13,12 @@ floor:
   Prefect flow runs them, everything real;
 - ``threads_no_crypto_s``: the same with signing and verification replaced by no-ops: what a
   round's own process would still do if all its cryptography went to a helper process for free;
+- ``engine_threads_s``: the same on threads, everything real, but with the simulated nodes'
+  execute and audit replies replayed from an identical round recorded before the clock
+  starts: the engine's part alone, as if the nodes ran in a process of their own for free
+  (the distribution's builder and list auditors, a few nodes, still run live);
+- ``engine_no_crypto_s``: that without cryptography: what the round's process would keep if
+  both the nodes and the cryptography went elsewhere for free;
 - ``floor_s``: ``round_bench.py``'s floor: the round's signatures, verifications and
   create-only writes alone, in a tight loop on the same threads.
 
@@ -26,7 +32,9 @@ From these:
   one that binds);
 - ``threads_vs_floor = threads_s / floor_s``: where the threads really are;
 - ``helper_bound_vs_floor = threads_no_crypto_s / floor_s``: a bound on ``vs_floor`` for any
-  design that hands the cryptography to another process and keeps the rest on threads.
+  design that hands the cryptography to another process and keeps the rest on threads;
+- ``engine_vs_floor = engine_threads_s / floor_s``: the same bound for moving the simulated
+  nodes out of the round's process.
 
     python bench/round_parts.py --nodes 10000 --repeat 3 --json
     python bench/round_parts.py --quick --json     # what CI runs: asserts nothing about time
@@ -45,7 +53,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -56,7 +64,10 @@ from bench.round_bench import SEED, TASK_DIR, CryptoCounter, floor, round_writes
 from flows.round import SHARD_CONCURRENCY
 from koiitasks import identity
 from koiitasks.collector import round_collection
+from koiitasks.distribution import DistributionInputs
 from koiitasks.identity import Keypair
+from koiitasks.nodes.base import NodePool, Reply
+from koiitasks.protocol import AcceptedSubmission, DistributionList, RoundRequest, Signed
 from koiitasks.sandbox import Sandbox, open_sandbox
 from koiitasks.storage import MemoryStore
 
@@ -117,15 +128,88 @@ def on_threads(sandbox: Sandbox) -> None:
     assert result.distribution_accepted, "the benchmark round did not settle"
 
 
-#: Each way: its store's kind, whether cryptography runs, and how the round is run.
-WAYS: dict[str, tuple[str, bool, Callable[[Sandbox], None]]] = {
-    "full_s": ("file", True, in_one_thread),
-    "no_writes_s": ("memory", True, in_one_thread),
-    "no_crypto_s": ("file", False, in_one_thread),
-    "python_s": ("memory", False, in_one_thread),
-    "threads_s": ("file", True, on_threads),
-    "threads_no_crypto_s": ("file", False, on_threads),
+#: Each way: its store's kind, whether cryptography runs, whether the nodes' replies are
+#: replayed, and how the round is run.
+WAYS: dict[str, tuple[str, bool, bool, Callable[[Sandbox], None]]] = {
+    "full_s": ("file", True, False, in_one_thread),
+    "no_writes_s": ("memory", True, False, in_one_thread),
+    "no_crypto_s": ("file", False, False, in_one_thread),
+    "python_s": ("memory", False, False, in_one_thread),
+    "threads_s": ("file", True, False, on_threads),
+    "threads_no_crypto_s": ("file", False, False, on_threads),
+    "engine_threads_s": ("file", True, True, on_threads),
+    "engine_no_crypto_s": ("file", False, True, on_threads),
 }
+
+
+Tape = dict[tuple[str, tuple[str, ...]], tuple[bytes, list[Reply]]]
+
+
+class ReplayedNodes(NodePool):
+    """The nodes' execute and audit replies of an identical earlier round, handed back at no
+    cost; recording when given no tape. The distribution's few nodes run live."""
+
+    def __init__(self, live: NodePool, tape: Tape | None = None) -> None:
+        self.live = live
+        self.recording = tape is None
+        self.tape: Tape = {} if tape is None else tape
+
+    def _replies(
+        self, key: tuple[str, tuple[str, ...]], request: bytes, call: Callable[[], list[Reply]]
+    ) -> list[Reply]:
+        # ``request`` is the request's body, not its signature: the ways without cryptography
+        # sign with none.
+        if self.recording:
+            self.tape[key] = (request, call())
+        asked, replies = self.tape[key]
+        if asked != request:
+            raise RuntimeError(f"{key[0]}: the round asked otherwise than the recorded one")
+        return replies
+
+    def execute(self, request: Signed[RoundRequest], node_ids: Sequence[str]) -> list[Reply]:
+        return self._replies(
+            ("execute", tuple(node_ids)),
+            request.body_bytes(),
+            lambda: self.live.execute(request, node_ids),
+        )
+
+    def audit(
+        self,
+        request: Signed[RoundRequest],
+        assignments: Mapping[str, Sequence[Signed[AcceptedSubmission]]],
+    ) -> list[Reply]:
+        return self._replies(
+            ("audit", tuple(assignments)),
+            request.body_bytes(),
+            lambda: self.live.audit(request, assignments),
+        )
+
+    def build_distribution(
+        self, request: Signed[RoundRequest], builder: str, inputs: DistributionInputs, attempt: int
+    ) -> Reply:
+        return self.live.build_distribution(request, builder, inputs, attempt)
+
+    def audit_distribution(
+        self,
+        request: Signed[RoundRequest],
+        auditors: Sequence[str],
+        inputs: DistributionInputs,
+        distribution: Signed[DistributionList],
+    ) -> list[Reply]:
+        return self.live.audit_distribution(request, auditors, inputs, distribution)
+
+    def close(self) -> None:
+        self.live.close()
+
+
+def record_tape(store: str, nodes: int) -> Tape:
+    """The nodes' replies in one round of a network like every timed one (not timed)."""
+    sandbox = sandbox_on(store, nodes)
+    recorder = ReplayedNodes(sandbox.engine.pool)
+    sandbox.engine.pool = recorder
+    in_one_thread(sandbox)
+    release(sandbox)
+    return recorder.tape
 
 
 def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
@@ -133,14 +217,18 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="koiitasks-round-parts-"))
     runs: dict[str, list[float]] = {way: [] for way in WAYS}
     ways = list(WAYS)
+    sizes = {min(nodes, 50), nodes}
+    tapes = {size: record_tape(str(work / f"tape-{size}"), size) for size in sizes}
     for i in range(-1, repeat):  # run -1 warms up every way on a small network
         size = min(nodes, 50) if i < 0 else nodes
         turn = max(i, 0) % len(ways)
         for way in ways[turn:] + ways[:turn]:
-            kind, signs, run = WAYS[way]
+            kind, signs, replayed, run = WAYS[way]
             name = f"{way}-{i + 1}"
             store = f"memory://{work.name}-{name}" if kind == "memory" else str(work / name)
             sandbox = sandbox_on(store, size)
+            if replayed:
+                sandbox.engine.pool = ReplayedNodes(sandbox.engine.pool, tapes[size])
             stubbed: AbstractContextManager[None] = nullcontext() if signs else no_crypto()
             with stubbed:
                 start = time.perf_counter()
@@ -166,6 +254,7 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
         "even_split_vs_floor": round(best["full_s"] / SHARD_CONCURRENCY / floor_s, 3),
         "threads_vs_floor": round(best["threads_s"] / floor_s, 3),
         "helper_bound_vs_floor": round(best["threads_no_crypto_s"] / floor_s, 3),
+        "engine_vs_floor": round(best["engine_threads_s"] / floor_s, 3),
     }
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.round_parts import NO_SIGNATURE, no_crypto, release, sandbox_on
+from bench.round_parts import (
+    NO_SIGNATURE,
+    ReplayedNodes,
+    no_crypto,
+    on_threads,
+    record_tape,
+    release,
+    sandbox_on,
+)
 from flows.round import SHARD_CONCURRENCY
 from koiitasks.errors import SignatureError
 from koiitasks.identity import Keypair, verify
@@ -49,8 +57,9 @@ class TestRoundBench:
 
 PARTS_KEYS = {
     "nodes", "full_s", "no_writes_s", "no_crypto_s", "python_s", "threads_s", "floor_s",
-    "threads_no_crypto_s", "threads_speedup", "gil_bound_vs_floor", "even_split_vs_floor",
-    "threads_vs_floor", "helper_bound_vs_floor",
+    "threads_no_crypto_s", "engine_threads_s", "engine_no_crypto_s", "threads_speedup",
+    "gil_bound_vs_floor", "even_split_vs_floor", "threads_vs_floor", "helper_bound_vs_floor",
+    "engine_vs_floor",
 }  # fmt: skip
 
 
@@ -85,13 +94,14 @@ class TestRoundPartsBench:
             "even_split_vs_floor": report["full_s"] / SHARD_CONCURRENCY / report["floor_s"],
             "threads_vs_floor": report["threads_s"] / report["floor_s"],
             "helper_bound_vs_floor": report["threads_no_crypto_s"] / report["floor_s"],
+            "engine_vs_floor": report["engine_threads_s"] / report["floor_s"],
         }
         for key, ratio in ratios.items():
             assert report[key] == pytest.approx(ratio, rel=0.03), key
 
 
-class TestRoundPartsWithoutCryptography:
-    """bench/round_parts.py's rounds without cryptography: only the signatures change."""
+class TestRoundPartsStandIns:
+    """bench/round_parts.py's stand-ins (no cryptography, replayed nodes) time the same round."""
 
     def test_signing_and_verification_come_back_after_an_error(self) -> None:
         """Leaving no_crypto() by an exception restores real ed25519 both ways."""
@@ -128,3 +138,31 @@ class TestRoundPartsWithoutCryptography:
         assert expected.distribution_accepted
         assert got.nodes == expected.nodes
         assert got.counts() == expected.counts()
+
+    def test_a_round_on_replayed_nodes_settles_like_the_recorded_one(self) -> None:
+        """Replies recorded from one network answer an identical one: same results, no node
+        hook run."""
+        tape = record_tape("memory://parts-tape", 20)
+        live = sandbox_on("memory://parts-live", 20)
+        replayed = sandbox_on("memory://parts-replayed", 20)
+        replayed.engine.pool = ReplayedNodes(replayed.engine.pool, tape)
+        try:
+            expected = live.engine.run(0)
+            on_threads(replayed)
+            got = replayed.engine.result(0)
+        finally:
+            release(live)
+            release(replayed)
+        assert got.nodes == expected.nodes
+
+    def test_replayed_nodes_refuse_a_round_that_asks_otherwise(self) -> None:
+        """A tape answers only the request it recorded: round 1 is not round 0."""
+        tape = record_tape("memory://parts-tape-other", 5)
+        box = sandbox_on("memory://parts-other", 5)
+        box.engine.pool = ReplayedNodes(box.engine.pool, tape)
+        box.begin(1)
+        try:
+            with pytest.raises(RuntimeError, match="asked otherwise"):
+                box.engine.run(1)
+        finally:
+            release(box)
