@@ -134,7 +134,7 @@ def deploy(
             soft_wrap=True,
         )
         for line in lines:
-            out.print(line, markup=False, highlight=False)
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
 
     try:
         if work_pool and serving.ensure_work_pool(work_pool):
@@ -157,8 +157,10 @@ def deploy(
             out.print("serving; stop with Ctrl-C or SIGTERM", markup=False, highlight=False)
 
         def say(lines: list[str]) -> None:
+            # Log lines: a serve process's output goes to files and journals, where rich's
+            # 80-column wrapping would cut one message into several.
             for line in lines:
-                err.print(line, markup=False, highlight=False)
+                err.print(line, markup=False, highlight=False, soft_wrap=True)
 
         serving.serve(plan, runner, engine, on_ready=serving_ready, say=say)
     finally:
