@@ -64,7 +64,8 @@ class Sandbox:
 
     def close(self) -> None:
         """Stop the nodes' threads and forget this sandbox, so that :func:`open_sandbox` builds a
-        new one; a long-lived process that opens many sandboxes calls it to free their memory."""
+        new one; a long-lived process that opens many sandboxes calls it to free their memory.
+        Only the sandbox's sole user may close it: a round still running on it fails."""
         self.engine.pool.close()
         with _cache_lock:
             for key in [key for key, cached in _cache.items() if cached is self]:

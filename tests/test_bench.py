@@ -21,6 +21,9 @@ from bench.round_parts import (
 from flows.round import SHARD_CONCURRENCY
 from koiitasks.errors import SignatureError
 from koiitasks.identity import Keypair, verify
+from koiitasks.nodes.base import Reply
+from koiitasks.sandbox import Sandbox
+from koiitasks.storage import Layout
 from tests.conftest import ROOT
 
 ROUND_KEYS = {
@@ -100,6 +103,13 @@ class TestRoundPartsBench:
             assert report[key] == pytest.approx(ratio, rel=0.03), key
 
 
+def submissions(sandbox: Sandbox) -> list[str]:
+    """The keys of round 0's submissions in a sandbox's store."""
+    keys = list(sandbox.store.list(Layout(sandbox.loaded.task_id).submissions(0)))
+    assert keys, "the round stored no submission"
+    return keys
+
+
 class TestRoundPartsStandIns:
     """bench/round_parts.py's stand-ins (no cryptography, replayed nodes) time the same round."""
 
@@ -122,6 +132,14 @@ class TestRoundPartsStandIns:
         with pytest.raises(SignatureError):
             verify(keypair.public_id, b"other", signature)
 
+    def test_a_signature_accepted_without_a_check_is_not_trusted_afterwards(self) -> None:
+        """What verified under the stub is checked for real once it is gone."""
+        keypair = Keypair.from_seed(b"parts")
+        with no_crypto():
+            verify(keypair.public_id, b"forged", NO_SIGNATURE)
+        with pytest.raises(SignatureError):
+            verify(keypair.public_id, b"forged", NO_SIGNATURE)
+
     def test_a_round_without_cryptography_settles_like_a_real_one(self) -> None:
         """The same network pays and records the same nodes either way: the stubbed way times
         the same round, less its signatures."""
@@ -132,20 +150,34 @@ class TestRoundPartsStandIns:
             with no_crypto():
                 got = stubbed.engine.run(0)
         finally:
-            release(real)
-            release(stubbed)
+            real.close()
+            stubbed.close()
         assert got.distribution_accepted
         assert expected.distribution_accepted
         assert got.nodes == expected.nodes
         assert got.counts() == expected.counts()
+        signed = NO_SIGNATURE.encode()
+        assert all(signed in stubbed.store.read(key) for key in submissions(stubbed))
+        assert not any(signed in real.store.read(key) for key in submissions(real))
+        for box in (real, stubbed):
+            release(box)
 
-    def test_a_round_on_replayed_nodes_settles_like_the_recorded_one(self) -> None:
-        """Replies recorded from one network answer an identical one: same results, no node
-        hook run."""
+    def test_a_round_on_replayed_nodes_settles_like_the_recorded_one(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Replies recorded from one network answer an identical one: same results, and no
+        node is asked to execute or audit."""
         tape = record_tape("memory://parts-tape", 20)
         live = sandbox_on("memory://parts-live", 20)
         replayed = sandbox_on("memory://parts-replayed", 20)
-        replayed.engine.pool = ReplayedNodes(replayed.engine.pool, tape)
+        nodes = replayed.engine.pool
+
+        def asked(*_: object) -> list[Reply]:
+            raise AssertionError("a replayed round asked its nodes")
+
+        monkeypatch.setattr(nodes, "execute", asked)
+        monkeypatch.setattr(nodes, "audit", asked)
+        replayed.engine.pool = ReplayedNodes(nodes, tape)
         try:
             expected = live.engine.run(0)
             on_threads(replayed)
