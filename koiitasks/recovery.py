@@ -6,7 +6,10 @@ it looks at the deployment's unfinished runs:
 
 - A pending or running run whose claimed process is gone from this host (the serve process was
   killed with its children, the machine rebooted), or that never claimed one and has not moved
-  for :data:`UNCLAIMED_AFTER_S`, is marked Crashed. If its round can still settle (before
+  for :data:`UNCLAIMED_AFTER_S`, is marked Crashed. While serving, only a *pending* unclaimed run
+  counts (its process died before running: the server went away as it started, so nobody could
+  report the crash, and the run would sit pending for good); a running one may have missed its
+  claim while the API was away, and is left alone. If its round can still settle (before
   :meth:`~koiitasks.live.LiveEngine.settle_deadline`), a new run of the same round is created:
   every step of a round reads back what the store holds, so the rerun finishes the round with
   the bytes the first run would have written, and the ledger's create-only entry pays it once.
@@ -175,11 +178,12 @@ def recover(
             if number is None:
                 _cancel_stray(client, run, report)
             elif state.type == StateType.SCHEDULED:
-                _missed_while_down(client, engine, run, number, report)
+                _missed_while_down(client, plan, engine, run, number, report)
             elif state.type == StateType.CRASHED:
+                _name_after_round(client, plan, run, number)
                 _rerun(client, plan, engine, deployment_id, run, number, report)
-            elif _is_dead(run, state.timestamp, now_ms=now_ms, starting=starting):
-                _crash(client, run, number, report)
+            elif _is_dead(run, state, now_ms=now_ms, starting=starting, plan=plan):
+                _crash(client, plan, run, number, report)
                 _rerun(client, plan, engine, deployment_id, run, number, report)
         _restore_completed(client, deployment_id, since, report)
     return report
@@ -264,20 +268,38 @@ def _cancel_stray(client: Any, run: Any, report: RecoveryReport) -> None:
         report.stray += 1
 
 
-def _is_dead(run: Any, since: dt.datetime | None, *, now_ms: int, starting: bool) -> bool:
+def _is_dead(run: Any, state: Any, *, now_ms: int, starting: bool, plan: DeploymentPlan) -> bool:
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+
     alive = claimed_process_alive(run.infrastructure_pid)
     if alive is not None:
         return not alive
-    if run.infrastructure_pid or not starting:  # claimed on another host, or still starting
+    if run.infrastructure_pid:  # claimed on another host: only that host can tell
         return False
+    if not starting and state.type != StateType.PENDING:
+        return False  # running: its process may have missed its claim while the API was away
+    since: dt.datetime | None = state.timestamp
     if since is None:
-        return True
-    return now_ms - since.timestamp() * 1000 > UNCLAIMED_AFTER_S * 1000
+        return starting
+    # A live pending run waits for its due time (up to the prefetch) before it runs and claims.
+    patience_s = UNCLAIMED_AFTER_S + (0.0 if starting else plan.prefetch_s)
+    return now_ms - since.timestamp() * 1000 > patience_s * 1000
 
 
-def _crash(client: Any, run: Any, number: int, report: RecoveryReport) -> None:
+def _name_after_round(client: Any, plan: DeploymentPlan, run: Any, number: int) -> None:
+    """A run that never started still has the name the server made up; a run that starts
+    names itself after its round, and the UI lists every round's run under its number."""
+    name = f"{plan.task_id}-round-{number}"
+    if run.name != name:
+        client.update_flow_run(run.id, name=name)
+
+
+def _crash(
+    client: Any, plan: DeploymentPlan, run: Any, number: int, report: RecoveryReport
+) -> None:
     from prefect.states import Crashed  # noqa: PLC0415
 
+    _name_after_round(client, plan, run, number)
     client.set_flow_run_state(
         run.id,
         Crashed(message=f"the process running round {number} stopped; koiitasks deploy found it"),
@@ -311,7 +333,12 @@ def _rerun(
 
 
 def _missed_while_down(
-    client: Any, engine: LiveEngine, run: Any, number: int, report: RecoveryReport
+    client: Any,
+    plan: DeploymentPlan,
+    engine: LiveEngine,
+    run: Any,
+    number: int,
+    report: RecoveryReport,
 ) -> None:
     from prefect.states import Cancelled  # noqa: PLC0415
 
@@ -319,9 +346,7 @@ def _missed_while_down(
     if why is None:
         return  # still due, or already opened: the run goes ahead
     reason = f"nothing ran it before its submission window closed ({why})"
-    # It never started, so it still has the name the server made up; a run that starts names
-    # itself after its round, and the UI lists every round's run under its number.
-    client.update_flow_run(run.id, name=f"{engine.task_id}-round-{number}")
+    _name_after_round(client, plan, run, number)
     client.set_flow_run_state(
         run.id, Cancelled(message=f"round {number} missed: {reason}"), force=True
     )

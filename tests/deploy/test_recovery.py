@@ -20,7 +20,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelled, Completed, Crashed, Running, Scheduled
+from prefect.states import Cancelled, Completed, Crashed, Pending, Running, Scheduled
 
 from koiitasks import recovery
 from koiitasks.clock import SimulatedClock, WallClock
@@ -77,6 +77,7 @@ class Deployment:
         )  # fmt: skip
         self.plan: DeploymentPlan = plan_deployment(self.task_dir, self.store)
         self.engine: LiveEngine = open_deployed_engine(self.task_dir, self.store)
+        self.engines = [self.engine]
         self.id = apply(runner_deployment(self.plan))
 
     def at(self, ms: float) -> dt.datetime:
@@ -94,6 +95,14 @@ class Deployment:
                 client.update_flow_run(run.id, infrastructure_pid=claim)
             return run.id
 
+    def engine_later(self, seconds: float) -> LiveEngine:
+        """The task's engine on a clock ``seconds`` ahead: the server stamps states with its
+        own time, so runs age by moving recovery's clock instead."""
+        later = SimulatedClock(WallClock().now_ms() + int(seconds * 1000))
+        engine = open_deployed_engine(self.task_dir, self.store, clock=later)
+        self.engines.append(engine)
+        return engine
+
     def read(self, run_id: UUID) -> Any:
         with get_client(sync_client=True) as client:
             return client.read_flow_run(run_id)
@@ -108,7 +117,8 @@ class Deployment:
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     deployed = Deployment(tmp_path)
     yield deployed
-    deployed.engine.pool.close()
+    for engine in deployed.engines:
+        engine.pool.close()
 
 
 class TestRecovery:
@@ -149,12 +159,16 @@ class TestRecovery:
     def test_a_crashed_run_past_its_deadline_is_left_to_be_recorded_missed(
         self, deployment: Deployment
     ) -> None:
-        """Round 7 can no longer settle (round 8 needed it): no re-run."""
+        """Round 7 can no longer settle (round 8 needed it): no re-run; the run, which never
+        started, is named after its round for the UI."""
         plan = deployment.plan
-        deployment.run(plan.round_start_ms(7), Crashed(message="Process exited with code 1"))
+        crashed = deployment.run(
+            plan.round_start_ms(7), Crashed(message="Process exited with code 1")
+        )
         report = recovery.recover(plan, deployment.engine, deployment.id, starting=False)
         assert report.rerun == []
         assert deployment.reruns() == []
+        assert deployment.read(crashed).name == f"{deployment.engine.task_id}-round-7"
 
     def test_a_run_that_came_due_while_down_is_cancelled_and_recorded_missed(
         self, deployment: Deployment
@@ -211,15 +225,44 @@ class TestRecovery:
         assert state.is_cancelled()
         assert state.message == recovery.NOT_A_ROUND
 
+    def test_a_pending_run_whose_process_never_ran_is_crashed_and_re_run_while_serving(
+        self, deployment: Deployment
+    ) -> None:
+        """The server went away as a run's process started: the process died before running
+        and nobody could report it. Pending and unclaimed past the prefetch and
+        UNCLAIMED_AFTER_S, it is crashed, named after its round and its round re-run."""
+        plan = deployment.plan
+        dead = deployment.run(plan.round_start_ms(11), Pending())
+        patience_s = recovery.UNCLAIMED_AFTER_S + plan.prefetch_s
+        soon = deployment.engine_later(patience_s - 5)
+        assert recovery.recover(plan, soon, deployment.id, starting=False).crashed == []
+        assert deployment.read(dead).state.is_pending()
+        later = deployment.engine_later(patience_s + 5)
+        report = recovery.recover(plan, later, deployment.id, starting=False)
+        assert (report.crashed, report.rerun) == ([11], [11])
+        run = deployment.read(dead)
+        assert run.state.is_crashed()
+        assert run.name == f"{later.task_id}-round-11"
+        assert [r.parameters["round_number"] for r in deployment.reruns()] == [11]
+
     def test_an_unclaimed_run_is_only_taken_for_dead_when_nothing_is_serving(
         self, deployment: Deployment
     ) -> None:
-        """A running run that never claimed a process may still be starting while serving;
-        recovery leaves a recent one alone either way."""
+        """A running run that never claimed a process may still be starting, or may have missed
+        its claim while the API was away: while serving it is left alone, however old; a
+        pending one is waiting for its due time. Recovery leaves recent ones alone either way."""
         plan = deployment.plan
-        unclaimed = deployment.run(plan.round_start_ms(10), Running())
+        running = deployment.run(plan.round_start_ms(10), Running())
+        pending = deployment.run(plan.round_start_ms(11), Pending())
         for starting in (False, True):
             report = recovery.recover(plan, deployment.engine, deployment.id, starting=starting)
             assert report.crashed == []
-        assert deployment.read(unclaimed).state.is_running()
+        assert deployment.read(running).state.is_running()
+        assert deployment.read(pending).state.is_pending()
+        later = deployment.engine_later(recovery.UNCLAIMED_AFTER_S + plan.prefetch_s + 5)
+        report = recovery.recover(plan, later, deployment.id, starting=False)
+        assert report.crashed == [11]  # the pending one; the running one may be alive
+        assert deployment.read(running).state.is_running()
+        report = recovery.recover(plan, later, deployment.id, starting=True)
+        assert report.crashed == [10]  # nothing is serving: nobody runs it
         assert os.getpid() == int(recovery.process_claim().rsplit(":", 1)[1])
