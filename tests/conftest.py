@@ -51,6 +51,13 @@ def audit(ctx, submission):
 """
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Specs marked slow (a minute or more of wall clock each) first, the rest in file order:
+    workers start on the long ones and the short ones fill in around them, so a run takes about
+    as long as its longest worker's share rather than a long spec started last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def snapshot(store: Store) -> dict[str, bytes]:
     """Every record in a store, by key: two stores hold the same records when equal."""
     return {key: store.read(key) for key in store.list()}
