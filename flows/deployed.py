@@ -28,11 +28,16 @@ from flows.round import SHARD_CONCURRENCY, run_round_steps
 from koiitasks.deployment import open_deployed_engine, plan_deployment
 from koiitasks.events import emit, missed_event, round_events
 from koiitasks.live import LiveEngine
+from koiitasks.logs import quiet_api_outages
 from koiitasks.model import Outcome
 from koiitasks.recovery import NOT_A_ROUND, claim_flow_run
 from koiitasks.reports import artifact_key, balances_table, missed_markdown
 from koiitasks.round_result import RoundResult
 from koiitasks.task import load_task
+
+# A run's process loads this module before the run starts: a server restart under it then
+# logs one line per failed call, not tracebacks and whole events.
+quiet_api_outages()
 
 
 def _round(task_dir: str, store: str, round_number: int | None) -> int | None:

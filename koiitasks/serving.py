@@ -26,6 +26,7 @@ from koiitasks.deployment import DeploymentPlan
 from koiitasks.errors import OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
+from koiitasks.logs import quiet_api_outages
 from koiitasks.recovery import RecoveryReport, prefect_api, recover, restore_completed
 
 if TYPE_CHECKING:
@@ -159,6 +160,8 @@ def serve(
     """
     from prefect.exceptions import TerminationSignal  # noqa: PLC0415
     from prefect.runner import Runner  # noqa: PLC0415
+
+    quiet_api_outages()  # a server restart: one line per failed call, not tracebacks
 
     runner = Runner(
         name=f"koiitasks-{plan.task_id}",

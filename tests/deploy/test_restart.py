@@ -194,6 +194,11 @@ class TestServerRestart:
             ledger = deployed.ledger()
             assert_each_round_once(ledger, store, task_id)
             assert down_s >= SERVER_DOWN_S
+            # Prefect's services and events worker, in the serve process and the runs', said
+            # each failed call in one line: no websocket tracebacks, no whole events.
+            log = deployed.log()
+            assert "websockets.exceptions.ConnectionClosedError" not in log
+            assert max(map(len, log.splitlines())) < 1_000, "a log line ran on"
 
     def test_a_deploy_that_gives_up_on_a_lost_server_exits_2_and_a_restart_recovers(
         self, tmp_path: Path

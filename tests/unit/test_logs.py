@@ -1,0 +1,142 @@
+"""Specification of :mod:`koiitasks.logs`: Prefect's records about an unreachable API are one
+line each; every other record reads as it was logged."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosedError
+
+from koiitasks.logs import LONGEST_MESSAGE, ApiOutageFilter, quiet_api_outages
+
+
+class Console:
+    """A stream handler with the filter, as Prefect's console has it once quieted."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+        self.handler.addFilter(ApiOutageFilter())
+
+    def log(
+        self,
+        name: str,
+        message: str,
+        *args: object,
+        error: BaseException | None = None,
+        level: int = logging.WARNING,
+    ) -> str:
+        """What the console prints for one record, with ``error`` as its exception."""
+        record = logging.LogRecord(name, level, __file__, 1, message, args, None)
+        if error is not None:
+            record.exc_info = (type(error), error, error.__traceback__)
+        self.handler.handle(record)
+        printed = self.stream.getvalue()
+        self.stream.seek(0)
+        self.stream.truncate()
+        return printed
+
+
+def _raise(error: BaseException, cause: BaseException | None) -> None:
+    raise error from cause
+
+
+def raised(error: BaseException, cause: BaseException | None = None) -> BaseException:
+    """``error`` as it is once raised (with a traceback), from ``cause`` if given."""
+    try:
+        _raise(error, cause)
+    except BaseException as e:  # noqa: BLE001 - any error, caught to be logged
+        return e
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def console() -> Console:
+    return Console()
+
+
+class TestOutageRecords:
+    """An error that only says the API cannot be reached is one line: what failed and why."""
+
+    def test_a_closed_websocket_is_its_message_and_reason(self, console: Console) -> None:
+        """The observers' warning when the server goes away keeps its text, not its traceback."""
+        closed = raised(ConnectionClosedError(None, None))
+        printed = console.log(
+            "prefect.FlowRunCancellingObserver",
+            "The %s websocket failed with an exception.",
+            "FlowRunCancellingObserver",
+            error=closed,
+        )
+        assert printed == (
+            "prefect.FlowRunCancellingObserver - The FlowRunCancellingObserver websocket failed "
+            "with an exception. (ConnectionClosedError: no close frame received or sent)\n"
+        )
+
+    def test_an_error_raised_from_a_refused_connection_is_one_line(self, console: Console) -> None:
+        """The API being away may be the cause of the error logged, not the error itself."""
+        refused = raised(RuntimeError("poll failed"), httpx.ConnectError("Connection refused"))
+        printed = console.log("prefect.runner", "Polling failed", error=refused)
+        assert printed == "prefect.runner - Polling failed (RuntimeError: poll failed)\n"
+
+    def test_a_service_that_gave_up_is_one_line(self, console: Console) -> None:
+        """What a service says once its calls failed too often in a row adds no traceback."""
+        gave_up = raised(RuntimeError("Service exceeded error threshold."))
+        printed = console.log(
+            "prefect.FlowRunCancellingObserver",
+            "Cancellation polling task failed.",
+            error=gave_up,
+            level=logging.ERROR,
+        )
+        assert "Traceback" not in printed
+        assert printed.endswith("(RuntimeError: Service exceeded error threshold.)\n")
+
+    def test_an_event_that_could_not_be_sent_is_cut(self, console: Console) -> None:
+        """The events worker logs each unsent event whole (about 3 KB): cut, saying how much."""
+        event = "Event(" + "x" * 3_000 + ")"
+        printed = console.log(
+            "prefect._internal.concurrency",
+            "Service %r failed to process item %r",
+            "EventsWorker",
+            event,
+            level=logging.ERROR,
+        )
+        message = printed.removeprefix("prefect._internal.concurrency - ").rstrip("\n")
+        whole = f"Service 'EventsWorker' failed to process item {event!r}"
+        assert message.startswith(whole[:LONGEST_MESSAGE])
+        assert message.endswith(f"... ({len(whole) - LONGEST_MESSAGE:,} more characters)")
+
+
+class TestOtherRecords:
+    """Everything else reads as it was logged."""
+
+    def test_any_other_error_keeps_its_traceback(self, console: Console) -> None:
+        broken = raised(ValueError("bad state"))
+        printed = console.log("prefect.runner", "Run failed", error=broken)
+        assert "Traceback (most recent call last)" in printed
+        assert "ValueError: bad state" in printed
+
+    @pytest.mark.parametrize("name", ["prefect.flow_runs", "prefect.task_runs", "koiitasks.round"])
+    def test_the_runs_and_the_tasks_own_lines_are_left_whole(
+        self, console: Console, name: str
+    ) -> None:
+        """A round's lines may be long, and a hook's error is the user's to read in full."""
+        long_line = "node " * 200
+        assert console.log(name, long_line) == f"{name} - {long_line}\n"
+        refused = raised(httpx.ConnectError("Connection refused"))
+        assert "Traceback" in console.log(name, "hook failed", error=refused)
+
+
+class TestQuietApiOutages:
+    def test_the_filter_goes_on_each_of_prefects_handlers_once(self) -> None:
+        """Called again (a module imported twice), it adds nothing."""
+        import prefect  # noqa: F401, PLC0415 - Prefect sets up its handlers when imported
+
+        handlers = [*logging.getLogger().handlers, *logging.getLogger("prefect._internal").handlers]
+        quiet_api_outages()
+        quiet_api_outages()
+        for handler in handlers:
+            assert sum(isinstance(f, ApiOutageFilter) for f in handler.filters) == 1
