@@ -48,11 +48,17 @@ def _round(task_dir: str, store: str, round_number: int | None) -> int | None:
     return plan_deployment(task_dir, store).round_starting_at_ms(int(start.timestamp() * 1000))
 
 
+#: Runs of this process whose claim the API did not take (it was away): claimed again once the
+#: run is running, when the API has answered.
+_unclaimed: set[str] = set()
+
+
 def _run_name() -> str:
+    # The earliest point inside the run's own process: recovery reads the claim after a crash.
+    if not claim_flow_run(flow_run.id):
+        _unclaimed.add(str(flow_run.id))
     parameters = flow_run.parameters
     number = _round(parameters["task_dir"], parameters["store"], parameters.get("round_number"))
-    # The earliest point inside the run's own process: recovery reads the claim after a crash.
-    claim_flow_run(flow_run.id)
     task_id = load_task(parameters["task_dir"]).task_id
     return f"{task_id}-round-{number}" if number is not None else f"{task_id}-not-a-round"
 
@@ -112,6 +118,8 @@ def deployed_round(
     ``key_file`` is the path of the orchestrator's key file, for rounds on registered remote
     nodes: read here, never passed as a parameter itself.
     """
+    if str(flow_run.id) in _unclaimed and claim_flow_run(flow_run.id):
+        _unclaimed.discard(str(flow_run.id))
     number = _round(task_dir, store, round_number)
     if number is None:
         return Cancelled(message=NOT_A_ROUND)

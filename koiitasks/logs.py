@@ -15,6 +15,7 @@ attempts``): it goes to standard output without the logging module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 #: Prefect's internal messages longer than this are cut (an event's repr runs to 3 KB).
@@ -33,15 +34,16 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
     return (
         ConnectionError,
-        TimeoutError,
         httpx.TransportError,
         websockets.exceptions.ConnectionClosed,
         websockets.exceptions.InvalidHandshake,
     )
 
 
-def _is_outage(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from or during, says the API is away."""
+def _outage(error: BaseException) -> BaseException | None:
+    """The error that says the API is away: ``error``, or one it was raised from (``raise ...
+    from``; an error raised while handling another may be a bug of its own), or a group whose
+    every error says so; None for any other error."""
     kinds = _connection_errors()
     seen: set[int] = set()
     current: BaseException | None = error
@@ -50,9 +52,12 @@ def _is_outage(error: BaseException) -> bool:
         if isinstance(current, kinds) or (
             isinstance(current, RuntimeError) and _GAVE_UP in str(current)
         ):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            found = [_outage(e) for e in current.exceptions]
+            return found[0] if found and all(found) else None
+        current = current.__cause__
+    return None
 
 
 class ApiOutageFilter(logging.Filter):
@@ -61,24 +66,33 @@ class ApiOutageFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("prefect") or record.name.startswith(_RUN_LOGGERS):
             return True
-        error = record.exc_info[1] if record.exc_info else None
-        if error is not None and _is_outage(error):
-            reason = str(error).strip() or "no message"
-            record.msg = f"{record.getMessage()} ({type(error).__name__}: {reason})"
-            record.args = ()
-            record.exc_info = None
-            record.exc_text = None
+        # A record the filter cannot read is left as it was, for the handler to report.
+        with contextlib.suppress(Exception):
+            self._shorten(record)
+        return True
+
+    @staticmethod
+    def _shorten(record: logging.LogRecord) -> None:
+        # getMessage() first: a record whose message and arguments do not fit raises here,
+        # before anything is changed, and the handler reports it as it would have.
         message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        outage = _outage(error) if error is not None else None
+        if outage is not None:
+            reason = str(outage).strip() or "no message"
+            message = f"{message} ({type(outage).__name__}: {reason})"
         if len(message) > LONGEST_MESSAGE:
             cut = len(message) - LONGEST_MESSAGE
-            record.msg = f"{message[:LONGEST_MESSAGE]}... ({cut:,} more characters)"
-            record.args = ()
-        return True
+            message = f"{message[:LONGEST_MESSAGE]}... ({cut:,} more characters)"
+        if outage is not None:
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = message, ()
 
 
 def quiet_api_outages() -> None:
     """Put :class:`ApiOutageFilter` on Prefect's handlers in this process (once; call it after
-    Prefect has set up its logging, which importing it does)."""
+    Prefect has set up its logging, which loading ``prefect.main`` does: ``from prefect import
+    flow`` or ``import prefect.runner``, say)."""
     # The console (on the root logger) and the stream Prefect's internals log to alone.
     handlers = {
         handler

@@ -6,10 +6,13 @@ it looks at the deployment's unfinished runs:
 
 - A pending or running run whose claimed process is gone from this host (the serve process was
   killed with its children, the machine rebooted), or that never claimed one and has not moved
-  for :data:`UNCLAIMED_AFTER_S`, is marked Crashed. While serving, only a *pending* unclaimed run
-  counts (its process died before running: the server went away as it started, so nobody could
-  report the crash, and the run would sit pending for good); a running one may have missed its
-  claim while the API was away, and is left alone. If its round can still settle (before
+  for :data:`UNCLAIMED_AFTER_S`, is marked Crashed, unless a process of this host still runs it
+  (Prefect puts the run's id in its process's environment: one whose claim failed while the API
+  was away is found that way). While serving, only a *pending* unclaimed run counts (its process
+  died before running: the server went away as it started, so nobody could report the crash,
+  and the run would sit pending for good); a running one may be on another host, having missed
+  its claim, and is left alone. A run is crashed only if it is still in the state it was listed
+  in. If its round can still settle (before
   :meth:`~koiitasks.live.LiveEngine.settle_deadline`), a new run of the same round is created:
   every step of a round reads back what the store holds, so the rerun finishes the round with
   the bytes the first run would have written, and the ledger's create-only entry pays it once.
@@ -56,6 +59,9 @@ RUNNER_SHUTDOWN = "Runner is shutting down."
 #: A pending or running run that has not claimed a process this long after its last state
 #: change is taken as dead (a live one claims within a second or two of its process starting).
 UNCLAIMED_AFTER_S = 60.0
+
+#: What Prefect's runner puts in the environment of the process it starts for a run.
+FLOW_RUN_ID_VARIABLE = b"PREFECT__FLOW_RUN_ID="
 
 
 @dataclass
@@ -169,6 +175,7 @@ def recover(
     since = _recent(plan, now_ms)
     wanted = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CRASHED]
     recent = _runs_in(deployment_id, wanted, since)
+    local = _LocalRuns()
     with prefect_api("recover the deployment's runs"), get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=recent, limit=200):
             state = run.state
@@ -182,7 +189,9 @@ def recover(
             elif state.type == StateType.CRASHED:
                 _name_after_round(client, plan, run, number)
                 _rerun(client, plan, engine, deployment_id, run, number, report)
-            elif _is_dead(run, state, now_ms=now_ms, starting=starting, plan=plan):
+            elif _is_dead(
+                run, state, now_ms=now_ms, starting=starting, plan=plan, local=local
+            ) and _still_in(client, run, state):
                 _crash(client, plan, run, number, report)
                 _rerun(client, plan, engine, deployment_id, run, number, report)
         _restore_completed(client, deployment_id, since, report)
@@ -268,7 +277,42 @@ def _cancel_stray(client: Any, run: Any, report: RecoveryReport) -> None:
         report.stray += 1
 
 
-def _is_dead(run: Any, state: Any, *, now_ms: int, starting: bool, plan: DeploymentPlan) -> bool:
+class _LocalRuns:
+    """The flow runs this host has a process for, read from ``/proc`` once when first asked:
+    Prefect starts each run's process with ``PREFECT__FLOW_RUN_ID`` in its environment, so a
+    process that could not claim its run (the API was away) is still found."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] | None = None
+        self._read = False
+
+    def has(self, run_id: UUID) -> bool | None:
+        """Whether a process here runs ``run_id``; None where ``/proc`` cannot tell."""
+        if not self._read:
+            self._ids, self._read = _flow_run_processes(), True
+        return None if self._ids is None else str(run_id) in self._ids
+
+
+def _flow_run_processes(proc: Path = Path("/proc")) -> set[str] | None:
+    if not proc.is_dir():
+        return None
+    ids: set[str] = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()  # a zombie's is empty
+        except OSError:
+            continue  # gone, or another user's
+        for variable in environ.split(b"\0"):
+            if variable.startswith(FLOW_RUN_ID_VARIABLE):
+                ids.add(variable[len(FLOW_RUN_ID_VARIABLE) :].decode(errors="replace"))
+    return ids
+
+
+def _is_dead(
+    run: Any, state: Any, *, now_ms: int, starting: bool, plan: DeploymentPlan, local: _LocalRuns
+) -> bool:
     from prefect.client.schemas.objects import StateType  # noqa: PLC0415
 
     alive = claimed_process_alive(run.infrastructure_pid)
@@ -276,14 +320,26 @@ def _is_dead(run: Any, state: Any, *, now_ms: int, starting: bool, plan: Deploym
         return not alive
     if run.infrastructure_pid:  # claimed on another host: only that host can tell
         return False
-    if not starting and state.type != StateType.PENDING:
-        return False  # running: its process may have missed its claim while the API was away
+    here = local.has(run.id)
+    if here:
+        return False  # its process is alive here: it has not claimed the run yet
+    if not starting and (here is None or state.type != StateType.PENDING):
+        # Running: its process may be on another host, having missed its claim while the API
+        # was away. Pending with no way to look for its process: it may still be starting.
+        return False
     since: dt.datetime | None = state.timestamp
     if since is None:
         return starting
-    # A live pending run waits for its due time (up to the prefetch) before it runs and claims.
+    # A run claims before it goes running; a live one is pending at most the prefetch before
+    # its due time, plus its process's start (retried calls included while the API is away).
     patience_s = UNCLAIMED_AFTER_S + (0.0 if starting else plan.prefetch_s)
     return now_ms - since.timestamp() * 1000 > patience_s * 1000
+
+
+def _still_in(client: Any, run: Any, state: Any) -> bool:
+    """Whether the run is still in ``state``: it may have moved since the runs were listed."""
+    current = client.read_flow_run(run.id).state
+    return current is not None and current.id == state.id
 
 
 def _name_after_round(client: Any, plan: DeploymentPlan, run: Any, number: int) -> None:

@@ -7,6 +7,7 @@ run below is unambiguously before, in or after its round's windows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -51,6 +52,19 @@ MINUTE_ROUNDS = {
 
 
 _deployments = itertools.count()
+
+
+@contextlib.contextmanager
+def run_process(run_id: UUID) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of this host started the way Prefect's runner starts a run's: the run's id in
+    its environment. It never claims the run."""
+    env = {**os.environ, "PREFECT__FLOW_RUN_ID": str(run_id)}
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def dead_pid() -> int:
@@ -244,6 +258,23 @@ class TestRecovery:
         assert run.state.is_crashed()
         assert run.name == f"{later.task_id}-round-11"
         assert [r.parameters["round_number"] for r in deployment.reruns()] == [11]
+
+    def test_an_unclaimed_run_whose_process_lives_here_is_left_alone(
+        self, deployment: Deployment
+    ) -> None:
+        """Its process could not claim it (the API was away) but still runs it: neither the
+        serving process nor a fresh start crashes it, however long it has waited; once that
+        process is gone, it is."""
+        plan = deployment.plan
+        waiting = deployment.run(plan.round_start_ms(11), Pending())
+        later = deployment.engine_later(recovery.UNCLAIMED_AFTER_S + plan.prefetch_s + 5)
+        with run_process(waiting):
+            for starting in (False, True):
+                report = recovery.recover(plan, later, deployment.id, starting=starting)
+                assert report.crashed == []
+            assert deployment.read(waiting).state.is_pending()
+        report = recovery.recover(plan, later, deployment.id, starting=False)
+        assert report.crashed == [11]
 
     def test_an_unclaimed_run_is_only_taken_for_dead_when_nothing_is_serving(
         self, deployment: Deployment

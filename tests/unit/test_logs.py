@@ -80,7 +80,12 @@ class TestOutageRecords:
         """The API being away may be the cause of the error logged, not the error itself."""
         refused = raised(RuntimeError("poll failed"), httpx.ConnectError("Connection refused"))
         printed = console.log("prefect.runner", "Polling failed", error=refused)
-        assert printed == "prefect.runner - Polling failed (RuntimeError: poll failed)\n"
+        assert printed == "prefect.runner - Polling failed (ConnectError: Connection refused)\n"
+
+    def test_a_group_of_refused_connections_is_one_line(self, console: Console) -> None:
+        refused = raised(ExceptionGroup("calls", [httpx.ConnectError("refused")] * 2))
+        printed = console.log("prefect.runner", "Calls failed", error=refused)
+        assert printed == "prefect.runner - Calls failed (ConnectError: refused)\n"
 
     def test_a_service_that_gave_up_is_one_line(self, console: Console) -> None:
         """What a service says once its calls failed too often in a row adds no traceback."""
@@ -119,6 +124,39 @@ class TestOtherRecords:
         assert "Traceback (most recent call last)" in printed
         assert "ValueError: bad state" in printed
 
+    def test_an_error_raised_while_handling_a_refused_connection_keeps_its_traceback(
+        self, console: Console
+    ) -> None:
+        """A bug in the code that handles an outage is a bug, not the outage."""
+
+        def retry() -> None:
+            cached: dict[str, str] = {}
+            try:
+                _raise(httpx.ConnectError("Connection refused"), None)
+            except httpx.ConnectError:
+                cached["missing"]  # the bug
+
+        try:
+            retry()
+        except KeyError as e:
+            printed = console.log("prefect.runner", "Retry failed", error=e)
+        assert "Traceback (most recent call last)" in printed
+        assert "KeyError: 'missing'" in printed
+
+    def test_a_group_with_any_other_error_keeps_its_traceback(self, console: Console) -> None:
+        mixed = raised(ExceptionGroup("calls", [httpx.ConnectError("refused"), ValueError("bad")]))
+        printed = console.log("prefect.runner", "Calls failed", error=mixed)
+        assert "Traceback (most recent call last)" in printed
+
+    def test_a_record_whose_arguments_do_not_fit_is_left_for_the_handler(self) -> None:
+        """The handler reports it as it always has ("--- Logging error ---"), not the filter
+        by raising into Prefect's code."""
+        record = logging.LogRecord(
+            "prefect.runner", logging.ERROR, __file__, 1, "%s %s", ("one",), None
+        )
+        assert ApiOutageFilter().filter(record)
+        assert (record.msg, record.args) == ("%s %s", ("one",))
+
     @pytest.mark.parametrize("name", ["prefect.flow_runs", "prefect.task_runs", "koiitasks.round"])
     def test_the_runs_and_the_tasks_own_lines_are_left_whole(
         self, console: Console, name: str
@@ -131,12 +169,21 @@ class TestOtherRecords:
 
 
 class TestQuietApiOutages:
-    def test_the_filter_goes_on_each_of_prefects_handlers_once(self) -> None:
+    def test_the_filter_goes_on_prefects_console_and_internal_stream_once(self) -> None:
         """Called again (a module imported twice), it adds nothing."""
-        import prefect  # noqa: F401, PLC0415 - Prefect sets up its handlers when imported
+        import prefect.main  # noqa: F401, PLC0415 - loading it sets up Prefect's logging
+        from prefect.logging.handlers import PrefectConsoleHandler  # noqa: PLC0415
 
-        handlers = [*logging.getLogger().handlers, *logging.getLogger("prefect._internal").handlers]
-        quiet_api_outages()
-        quiet_api_outages()
-        for handler in handlers:
-            assert sum(isinstance(f, ApiOutageFilter) for f in handler.filters) == 1
+        console = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+        internal = logging.getLogger("prefect._internal").handlers
+        assert console, "Prefect's console handler is not set up"
+        assert internal, "Prefect's internal stream handler is not set up"
+        try:
+            quiet_api_outages()
+            quiet_api_outages()
+            for handler in [*console, *internal]:
+                assert sum(isinstance(f, ApiOutageFilter) for f in handler.filters) == 1
+        finally:
+            for handler in {*logging.getLogger().handlers, *internal}:
+                for added in [f for f in handler.filters if isinstance(f, ApiOutageFilter)]:
+                    handler.removeFilter(added)
