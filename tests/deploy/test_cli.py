@@ -3,6 +3,7 @@ prefect.yaml it writes for `prefect deploy`."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -160,6 +161,27 @@ class TestDeployOnRegisteredNodes:
         assert says in proc.stderr
         assert "Traceback" not in proc.stderr
         assert (store / Layout("hash-puzzle").task).exists() == had_record
+
+    def test_a_work_pool_deployment_names_the_key_file_and_holds_no_key(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """With --work-pool, the deployment's runs (on a worker of this machine) read the key
+        file at its absolute path, given relative; the deployment itself carries no key."""
+        store = registered_store(tmp_path)
+        orchestrator = Keypair.generate()
+        save_key(orchestrator, tmp_path / "orchestrator.json")
+        proc = koiitasks(
+            "deploy", str(HASH_PUZZLE), "--store", str(store), "--key", "orchestrator.json",
+            "--work-pool", "rounds", "--prefect-yaml", "prefect.yaml",
+            env=cli_env, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        written = (tmp_path / "prefect.yaml").read_text()
+        (deployment,) = yaml.safe_load(written)["deployments"]
+        assert deployment["parameters"]["key_file"] == str(tmp_path / "orchestrator.json")
+        assert deployment["work_pool"]["name"] == "rounds"
+        secret = json.loads((tmp_path / "orchestrator.json").read_text())["secret"]
+        assert secret not in written
 
     def test_a_task_of_registered_nodes_needs_the_key(
         self, cli_env: dict[str, str], tmp_path: Path
