@@ -24,6 +24,9 @@ it looks at the deployment's unfinished runs:
   completed again, as it was: its round was done, and the UI should say so.
 
 Runs claimed on another host are left alone: only that host can tell whether they are alive.
+
+While serving, :func:`cancel_requested` also stops the runs asked to cancel whose process runs on
+this host, as Prefect's runner does until an API outage makes its cancellation watcher give up.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +67,12 @@ UNCLAIMED_AFTER_S = 60.0
 
 #: What Prefect's runner puts in the environment of the process it starts for a run.
 FLOW_RUN_ID_VARIABLE = b"PREFECT__FLOW_RUN_ID="
+
+#: How long a run's process asked to stop has to exit before it is killed.
+STOP_GRACE_S = 10.0
+
+#: The message of a run that ``koiitasks deploy`` cancelled in Prefect's runner's place.
+CANCELLED_HERE = "cancelled: koiitasks deploy stopped its process, as asked"
 
 
 @dataclass
@@ -113,7 +124,7 @@ def prefect_api(what: str) -> Iterator[None]:
 
 def process_claim() -> str:
     """What a flow run's process writes as its ``infrastructure_pid``: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return process_claim_of(os.getpid())
 
 
 def claim_flow_run(flow_run_id: UUID | str) -> bool:
@@ -196,6 +207,54 @@ def recover(
                 _rerun(client, plan, engine, deployment_id, run, number, report)
         _restore_completed(client, deployment_id, since, report)
     return report
+
+
+def cancel_requested(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> list[int]:
+    """Stop this host's processes of the runs asked to cancel (*Cancelling*, as the UI's Cancel
+    button leaves them) and mark those runs Cancelled; the rounds they ran.
+
+    Prefect's runner does this itself while its cancellation watcher works, but after an API
+    outage the watcher has given up for good, and the run would go on. A round cancelled before
+    it settled is recorded missed by a later round, like any round that did not settle.
+    """
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+    from prefect.states import Cancelled  # noqa: PLC0415
+
+    since = _recent(plan, engine.slot_clock.clock.now_ms())
+    cancelling = _runs_in(deployment_id, [StateType.CANCELLING], since)
+    local = _LocalRuns()
+    stopped: list[int] = []
+    with prefect_api("cancel the runs asked to cancel"), get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=cancelling, limit=200):
+            pids = local.pids(run.id)
+            if pids:
+                _stop_processes(pids)
+            elif claimed_process_alive(run.infrastructure_pid) is not False:
+                continue  # running on another host, or not started: its runner cancels it
+            client.set_flow_run_state(run.id, Cancelled(message=CANCELLED_HERE), force=True)
+            number = _round_of(plan, run)
+            stopped.append(-1 if number is None else number)
+            log.info("run %s was asked to cancel: its process stopped", run.id)
+    return stopped
+
+
+def _stop_processes(pids: list[int]) -> None:
+    """SIGTERM, then SIGKILL whatever has not exited after :data:`STOP_GRACE_S`."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal_number)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            if not any(claimed_process_alive(process_claim_of(pid)) for pid in pids):
+                return
+            time.sleep(0.1)
+
+
+def process_claim_of(pid: int) -> str:
+    """The claim a process of this host with ``pid`` would make."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def restore_completed(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> int:
@@ -283,20 +342,29 @@ class _LocalRuns:
     process that could not claim its run (the API was away) is still found."""
 
     def __init__(self) -> None:
-        self._ids: set[str] | None = None
+        self._pids: dict[str, list[int]] | None = None
         self._read = False
+
+    def pids(self, run_id: UUID) -> list[int]:
+        """The processes here that run ``run_id`` (its own, and any it started): none if
+        ``/proc`` cannot tell."""
+        return (self._processes() or {}).get(str(run_id), [])
 
     def has(self, run_id: UUID) -> bool | None:
         """Whether a process here runs ``run_id``; None where ``/proc`` cannot tell."""
+        pids = self._processes()
+        return None if pids is None else str(run_id) in pids
+
+    def _processes(self) -> dict[str, list[int]] | None:
         if not self._read:
-            self._ids, self._read = _flow_run_processes(), True
-        return None if self._ids is None else str(run_id) in self._ids
+            self._pids, self._read = _flow_run_processes(), True
+        return self._pids
 
 
-def _flow_run_processes(proc: Path = Path("/proc")) -> set[str] | None:
+def _flow_run_processes(proc: Path = Path("/proc")) -> dict[str, list[int]] | None:
     if not proc.is_dir():
         return None
-    ids: set[str] = set()
+    pids: dict[str, list[int]] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -306,8 +374,9 @@ def _flow_run_processes(proc: Path = Path("/proc")) -> set[str] | None:
             continue  # gone, or another user's
         for variable in environ.split(b"\0"):
             if variable.startswith(FLOW_RUN_ID_VARIABLE):
-                ids.add(variable[len(FLOW_RUN_ID_VARIABLE) :].decode(errors="replace"))
-    return ids
+                run_id = variable[len(FLOW_RUN_ID_VARIABLE) :].decode(errors="replace")
+                pids.setdefault(run_id, []).append(int(entry.name))
+    return pids
 
 
 def _is_dead(
@@ -375,8 +444,12 @@ def _rerun(
 ) -> None:
     """A new run of the round, unless it settled or is past its deadline (a later round
     records it missed); one per crashed run, whoever asks (the idempotency key)."""
+    from prefect.client.schemas.objects import StateType  # noqa: PLC0415
+
     if engine.is_settled(number) or engine.slot_clock.get_slot() >= engine.settle_deadline(number):
         return
+    if any(s.type == StateType.CANCELLING for s in client.read_flow_run_states(run.id)):
+        return  # asked to cancel, and crashed on its way out: the round stays cancelled
     rerun = client.create_flow_run_from_deployment(
         deployment_id,
         parameters={"round_number": number},

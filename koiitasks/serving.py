@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,10 +28,19 @@ from koiitasks.errors import OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
 from koiitasks.logs import quiet_api_outages
-from koiitasks.recovery import RecoveryReport, prefect_api, recover, restore_completed
+from koiitasks.recovery import (
+    RecoveryReport,
+    cancel_requested,
+    prefect_api,
+    recover,
+    restore_completed,
+)
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+
+#: How often the serving process looks for runs asked to cancel.
+CANCEL_POLL_S = 5.0
 
 #: Flow-run processes get the koiitasks loggers (node ids, refusals) in the Prefect UI.
 FLOW_RUN_ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "koiitasks"}
@@ -106,6 +116,8 @@ def recover_and_report(
 class Watch(threading.Thread):
     """While serving, recovery once a round: re-runs rounds whose flow-run process died (a
     server restart cuts a starting process off the API) while their round can still settle.
+    Every :data:`CANCEL_POLL_S` it also stops the runs asked to cancel, which Prefect's runner
+    no longer does once an API outage has made its cancellation watcher give up.
 
     ``halted`` says the runner is shutting down: its runs are then crashed on purpose (SIGTERM,
     Ctrl-C) and must not be re-run; the next ``koiitasks deploy`` recovers them.
@@ -128,9 +140,15 @@ class Watch(threading.Thread):
         self._announced: set[UUID] = set(announced)
 
     def run(self) -> None:
-        while not self.stopped.wait(max(5.0, self.plan.round_ms / 1000)):
+        every = max(CANCEL_POLL_S, self.plan.round_ms / 1000)
+        next_recovery = time.monotonic() + every
+        while not self.stopped.wait(CANCEL_POLL_S):
             if self.halted():
                 continue
+            self.cancel()
+            if time.monotonic() < next_recovery:
+                continue
+            next_recovery = time.monotonic() + every
             try:
                 report = recover(self.plan, self.engine, self.deployment_id, starting=False)
             except Exception as e:  # noqa: BLE001 - the server may be restarting: next round
@@ -142,6 +160,17 @@ class Watch(threading.Thread):
             if new or report.missed or report.crashed:
                 report.rerun = report.rerun if new else []
                 self.say(report.lines())
+
+    def cancel(self) -> None:
+        try:
+            stopped = cancel_requested(self.plan, self.engine, self.deployment_id)
+        except OrchestrationError:
+            return  # the server is away: nothing can be asked to cancel meanwhile
+        except Exception as e:  # noqa: BLE001 - the watch goes on; recovery too
+            self.say([f"could not look for runs asked to cancel: {type(e).__name__}: {e}"])
+            return
+        for number in stopped:
+            self.say([f"round {number}: its run was asked to cancel; stopped and cancelled"])
 
 
 def serve(

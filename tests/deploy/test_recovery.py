@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import itertools
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,15 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
-from prefect.states import Cancelled, Completed, Crashed, Pending, Running, Scheduled
+from prefect.states import (
+    Cancelled,
+    Cancelling,
+    Completed,
+    Crashed,
+    Pending,
+    Running,
+    Scheduled,
+)
 
 from koiitasks import recovery
 from koiitasks.clock import SimulatedClock, WallClock
@@ -275,6 +284,43 @@ class TestRecovery:
             assert deployment.read(waiting).state.is_pending()
         report = recovery.recover(plan, later, deployment.id, starting=False)
         assert report.crashed == [11]
+
+    def test_a_run_asked_to_cancel_is_stopped_here_and_cancelled(
+        self, deployment: Deployment
+    ) -> None:
+        """Its process here is stopped and the run marked Cancelled; one whose claimed process
+        here is gone is marked Cancelled; one with no process here and no claim (another
+        host's, or not started) is left to its runner."""
+        plan, engine = deployment.plan, deployment.engine
+        running = deployment.run(plan.round_start_ms(10), Running())
+        gone = deployment.run(
+            plan.round_start_ms(9), Running(), claim=f"{socket.gethostname()}:{dead_pid()}"
+        )
+        elsewhere = deployment.run(plan.round_start_ms(11), Running())
+        with get_client(sync_client=True) as client:
+            for run in (running, gone, elsewhere):
+                client.set_flow_run_state(run, Cancelling(), force=True)
+        with run_process(running) as process:
+            stopped = recovery.cancel_requested(plan, engine, deployment.id)
+            assert process.wait(timeout=5) != 0  # stopped by a signal
+        assert sorted(stopped) == [9, 10]
+        for run in (running, gone):
+            state = deployment.read(run).state
+            assert state.is_cancelled()
+            assert state.message == recovery.CANCELLED_HERE
+        assert deployment.read(elsewhere).state.is_cancelling()
+
+    def test_a_run_that_crashed_after_it_was_asked_to_cancel_is_not_re_run(
+        self, deployment: Deployment
+    ) -> None:
+        plan = deployment.plan
+        run = deployment.run(plan.round_start_ms(11), Running())
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run, Cancelling(), force=True)
+            client.set_flow_run_state(run, Crashed(message="terminated"), force=True)
+        report = recovery.recover(plan, deployment.engine, deployment.id, starting=False)
+        assert report.rerun == []
+        assert deployment.reruns() == []
 
     def test_an_unclaimed_run_is_only_taken_for_dead_when_nothing_is_serving(
         self, deployment: Deployment

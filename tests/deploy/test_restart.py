@@ -13,9 +13,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from koiitasks.ledger import LedgerState, verify_ledger
+from koiitasks.recovery import CANCELLED_HERE
 from koiitasks.storage import FileStore, Layout
 from koiitasks.testing.deployed import DeployProcess, deployment_runs
 from koiitasks.testing.processes import PrefectServer
@@ -65,6 +67,33 @@ def assert_each_round_once(ledger: LedgerState, store: FileStore, task_id: str) 
         missed = store.exists(layout.missed(body.round))
         assert body.distribution_accepted or missed or (body.attempts == 0 and not body.credits)
         assert body.round_credited <= body.bounty
+
+
+def cancel_a_running_run(deployed: DeployProcess, server: PrefectServer) -> str:
+    """Wait for a run of the deployment to be running, then ask to cancel it, as the UI's
+    Cancel button does; its id."""
+    running: list[str] = []
+
+    def found() -> bool:
+        runs = deployment_runs(server.api_url, deployed.task_id)
+        running[:] = [str(r.id) for r in runs if r.state is not None and r.state.is_running()]
+        return bool(running)
+
+    deployed.wait_for(found, timeout_s=60, what="a running run to cancel")
+    answer = httpx.post(
+        f"{server.api_url}/flow_runs/{running[-1]}/set_state",
+        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": False},
+    )
+    answer.raise_for_status()
+    return running[-1]
+
+
+def run_state(server: PrefectServer, run_id: str) -> tuple[str, str]:
+    """The run's state type and message."""
+    answer = httpx.get(f"{server.api_url}/flow_runs/{run_id}")
+    answer.raise_for_status()
+    state = answer.json()["state"]
+    return str(state["type"]), str(state["message"])
 
 
 def unnamed_rounds(deployed: DeployProcess, server: PrefectServer) -> list[int]:
@@ -188,6 +217,15 @@ class TestServerRestart:
                     timeout_s=180,
                     what="a run named after each settled round",
                 )
+                # Cancelling a run from the UI still stops it: Prefect's runner gave up watching
+                # for cancellations during the outage, so the serving process does it.
+                cancelled = cancel_a_running_run(deployed, server)
+                deployed.wait_for(
+                    lambda: run_state(server, cancelled)[0] == "CANCELLED",
+                    timeout_s=60,
+                    what=f"run {cancelled} to be cancelled",
+                )
+                assert "its run was asked to cancel; stopped and cancelled" in deployed.log()
                 assert deployed.process is not None
                 assert deployed.process.poll() is None, "koiitasks deploy exited"
             task_id = deployed.task_id
@@ -199,6 +237,11 @@ class TestServerRestart:
             log = deployed.log()
             assert "websockets.exceptions.ConnectionClosedError" not in log
             assert max(map(len, log.splitlines())) < 1_000, "a log line ran on"
+            # The cancelled run stays cancelled, and its round is not re-run.
+            assert run_state(server, cancelled) == ("CANCELLED", CANCELLED_HERE)
+            runs = deployment_runs(server.api_url, task_id)
+        (cancelled_run,) = [r for r in runs if str(r.id) == cancelled]
+        assert not [r for r in runs if "rerun" in r.tags and r.name == cancelled_run.name]
 
     def test_a_deploy_that_gives_up_on_a_lost_server_exits_2_and_a_restart_recovers(
         self, tmp_path: Path
