@@ -68,8 +68,14 @@ UNCLAIMED_AFTER_S = 60.0
 #: What Prefect's runner puts in the environment of the process it starts for a run.
 FLOW_RUN_ID_VARIABLE = b"PREFECT__FLOW_RUN_ID="
 
-#: How long a run's process asked to stop has to exit before it is killed.
-STOP_GRACE_S = 10.0
+#: How long a run's process asked to stop has to exit before it is killed (Prefect's runner
+#: gives the same).
+STOP_GRACE_S = 30.0
+
+#: How long a run stays Cancelling before the serving process stops it in Prefect's runner's
+#: place. The runner, while it watches, hears of it within a second and first tells the run's
+#: process that it is cancelled, so a later SIGTERM does not turn the cancel into a crash.
+CANCEL_AFTER_S = 10.0
 
 #: The message of a run that ``koiitasks deploy`` cancelled in Prefect's runner's place.
 CANCELLED_HERE = "cancelled: koiitasks deploy stopped its process, as asked"
@@ -213,43 +219,57 @@ def cancel_requested(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UU
     """Stop this host's processes of the runs asked to cancel (*Cancelling*, as the UI's Cancel
     button leaves them) and mark those runs Cancelled; the rounds they ran.
 
-    Prefect's runner does this itself while its cancellation watcher works, but after an API
-    outage the watcher has given up for good, and the run would go on. A round cancelled before
-    it settled is recorded missed by a later round, like any round that did not settle.
+    Prefect's runner does this itself while its cancellation watcher works (it is left
+    :data:`CANCEL_AFTER_S` to begin), but after an API outage the watcher has given up for good,
+    and the run would go on. The stopped process marks its run Crashed on its way
+    out, so the run's history shows that crash before Cancelled. A round cancelled before it
+    settled is recorded missed by a later round, like any round that did not settle.
     """
     from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.client.schemas.objects import StateType  # noqa: PLC0415
     from prefect.states import Cancelled  # noqa: PLC0415
 
-    since = _recent(plan, engine.slot_clock.clock.now_ms())
-    cancelling = _runs_in(deployment_id, [StateType.CANCELLING], since)
+    now_ms = engine.slot_clock.clock.now_ms()
+    cancelling = _runs_in(deployment_id, [StateType.CANCELLING], _recent(plan, now_ms))
     local = _LocalRuns()
     stopped: list[int] = []
     with prefect_api("cancel the runs asked to cancel"), get_client(sync_client=True) as client:
         for run in client.read_flow_runs(flow_run_filter=cancelling, limit=200):
+            asked = run.state.timestamp if run.state is not None else None
+            if asked is None or now_ms - asked.timestamp() * 1000 < CANCEL_AFTER_S * 1000:
+                continue  # Prefect's runner may still be at it
             pids = local.pids(run.id)
             if pids:
+                if not _still_in(client, run, run.state):
+                    continue  # it moved on while earlier runs were stopped
                 _stop_processes(pids)
             elif claimed_process_alive(run.infrastructure_pid) is not False:
                 continue  # running on another host, or not started: its runner cancels it
+            # Stopped, it marked itself Crashed; anything else is a newer state that stands.
+            now = client.read_flow_run(run.id).state
+            if now is None or now.type not in {StateType.CANCELLING, StateType.CRASHED}:
+                continue
             client.set_flow_run_state(run.id, Cancelled(message=CANCELLED_HERE), force=True)
-            number = _round_of(plan, run)
-            stopped.append(-1 if number is None else number)
+            if (number := _round_of(plan, run)) is not None:
+                stopped.append(number)
             log.info("run %s was asked to cancel: its process stopped", run.id)
     return stopped
 
 
 def _stop_processes(pids: list[int]) -> None:
-    """SIGTERM, then SIGKILL whatever has not exited after :data:`STOP_GRACE_S`."""
+    """SIGTERM, then SIGKILL what has not exited after :data:`STOP_GRACE_S` (Prefect's own
+    grace); never this process."""
+    left = [pid for pid in pids if pid != os.getpid()]
     for signal_number in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+        for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal_number)
         deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline:
-            if not any(claimed_process_alive(process_claim_of(pid)) for pid in pids):
-                return
+        while left and time.monotonic() < deadline:
+            left = [pid for pid in left if claimed_process_alive(process_claim_of(pid))]
             time.sleep(0.1)
+        if not left:
+            return
 
 
 def process_claim_of(pid: int) -> str:

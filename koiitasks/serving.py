@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+import httpx
+
 from koiitasks.deployment import DeploymentPlan
 from koiitasks.errors import OrchestrationError
 from koiitasks.events import emit
@@ -142,7 +144,7 @@ class Watch(threading.Thread):
     def run(self) -> None:
         every = max(CANCEL_POLL_S, self.plan.round_ms / 1000)
         next_recovery = time.monotonic() + every
-        while not self.stopped.wait(CANCEL_POLL_S):
+        while not self.stopped.wait(min(CANCEL_POLL_S, max(0.0, next_recovery - time.monotonic()))):
             if self.halted():
                 continue
             self.cancel()
@@ -164,8 +166,10 @@ class Watch(threading.Thread):
     def cancel(self) -> None:
         try:
             stopped = cancel_requested(self.plan, self.engine, self.deployment_id)
-        except OrchestrationError:
-            return  # the server is away: nothing can be asked to cancel meanwhile
+        except OrchestrationError as e:
+            if not isinstance(e.__cause__, httpx.TransportError):  # away: nothing to cancel
+                self.say([f"could not look for runs asked to cancel: {e.message}"])
+            return
         except Exception as e:  # noqa: BLE001 - the watch goes on; recovery too
             self.say([f"could not look for runs asked to cancel: {type(e).__name__}: {e}"])
             return

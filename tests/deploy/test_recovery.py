@@ -288,9 +288,10 @@ class TestRecovery:
     def test_a_run_asked_to_cancel_is_stopped_here_and_cancelled(
         self, deployment: Deployment
     ) -> None:
-        """Its process here is stopped and the run marked Cancelled; one whose claimed process
-        here is gone is marked Cancelled; one with no process here and no claim (another
-        host's, or not started) is left to its runner."""
+        """Left to Prefect's runner for CANCEL_AFTER_S; then its process here is stopped and the
+        run marked Cancelled; one whose claimed process here is gone is marked Cancelled; one
+        with no process here and no claim (another host's, or not started) is left to its
+        runner."""
         plan, engine = deployment.plan, deployment.engine
         running = deployment.run(plan.round_start_ms(10), Running())
         gone = deployment.run(
@@ -300,8 +301,11 @@ class TestRecovery:
         with get_client(sync_client=True) as client:
             for run in (running, gone, elsewhere):
                 client.set_flow_run_state(run, Cancelling(), force=True)
+        later = deployment.engine_later(recovery.CANCEL_AFTER_S + 5)
         with run_process(running) as process:
-            stopped = recovery.cancel_requested(plan, engine, deployment.id)
+            assert recovery.cancel_requested(plan, engine, deployment.id) == []
+            assert process.poll() is None
+            stopped = recovery.cancel_requested(plan, later, deployment.id)
             assert process.wait(timeout=5) != 0  # stopped by a signal
         assert sorted(stopped) == [9, 10]
         for run in (running, gone):
