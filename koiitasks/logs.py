@@ -11,18 +11,35 @@ every other error keep their tracebacks and their text.
 
 Prefect's client still prints one block of its own when a poll gives up (``Failed the last 3
 attempts``): it goes to standard output without the logging module.
+
+A run's process gets the filter from its start when the serving process hands it a logging
+configuration (:func:`runs_log_quietly`): Prefect's own, with the filter on the same handlers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 #: Prefect's internal messages longer than this are cut (an event's repr runs to 3 KB).
 LONGEST_MESSAGE = 400
 
 #: What a service that has given up on the API says (its own traceback adds nothing).
 _GAVE_UP = "exceeded error threshold"
+
+#: Prefect's setting naming the logging configuration its processes load when they start.
+SETTINGS_PATH_VARIABLE = "PREFECT_LOGGING_SETTINGS_PATH"
+
+#: Prefect's handlers that get the filter: its console, and the stream its internals log to.
+_QUIETED_HANDLERS = ("console", "debug")
 
 #: Loggers whose records are the task's and the rounds' own lines: left whole.
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -93,7 +110,8 @@ def quiet_api_outages() -> None:
     """Put :class:`ApiOutageFilter` on Prefect's handlers in this process (once; call it after
     Prefect has set up its logging, which loading ``prefect.main`` does: ``from prefect import
     flow`` or ``import prefect.runner``, say)."""
-    # The console (on the root logger) and the stream Prefect's internals log to alone.
+    # The console (on the root logger) and the stream Prefect's internals log to alone: the
+    # handlers _QUIETED_HANDLERS names in Prefect's configuration.
     handlers = {
         handler
         for name in ("", "prefect._internal")
@@ -102,3 +120,36 @@ def quiet_api_outages() -> None:
     for handler in handlers:
         if not any(isinstance(f, ApiOutageFilter) for f in handler.filters):
             handler.addFilter(ApiOutageFilter())
+
+
+def quiet_logging_config() -> dict[str, Any]:
+    """Prefect's default logging configuration with :class:`ApiOutageFilter` on its console and
+    internal stream handlers (its ``${SETTING}`` placeholders left for Prefect to fill in)."""
+    from prefect.logging.configuration import DEFAULT_LOGGING_SETTINGS_PATH  # noqa: PLC0415
+
+    config: dict[str, Any] = yaml.safe_load(DEFAULT_LOGGING_SETTINGS_PATH.read_text())
+    config["filters"] = {"koiitasks_api_outage": {"()": f"{__name__}.ApiOutageFilter"}}
+    for name in _QUIETED_HANDLERS:
+        config["handlers"][name].setdefault("filters", []).append("koiitasks_api_outage")
+    return config
+
+
+@contextlib.contextmanager
+def runs_log_quietly() -> Iterator[None]:
+    """While in the block, the processes this one starts (Prefect's runner's runs) load
+    :func:`quiet_logging_config` when they start, unless the user named a logging
+    configuration of their own; the file is removed afterwards."""
+    if os.environ.get(SETTINGS_PATH_VARIABLE):
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="koiitasks-logging-"))
+    try:
+        path = folder / "logging.yml"
+        path.write_text(yaml.safe_dump(quiet_logging_config(), sort_keys=False))
+        os.environ[SETTINGS_PATH_VARIABLE] = str(path)
+        try:
+            yield
+        finally:
+            os.environ.pop(SETTINGS_PATH_VARIABLE, None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

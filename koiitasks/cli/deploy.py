@@ -12,6 +12,7 @@ import typer
 from koiitasks.cli._common import StoreOption, err, out, setup_logging, store_url
 from koiitasks.deployment import DEFAULT_LEAD_MS, DEFAULT_PREFETCH_S
 from koiitasks.errors import ConfigError
+from koiitasks.logs import runs_log_quietly
 
 
 def deploy(
@@ -162,6 +163,7 @@ def deploy(
             for line in lines:
                 err.print(line, markup=False, highlight=False, soft_wrap=True)
 
-        serving.serve(plan, runner, engine, on_ready=serving_ready, say=say)
+        with runs_log_quietly():
+            serving.serve(plan, runner, engine, on_ready=serving_ready, say=say)
     finally:
         engine.pool.close()

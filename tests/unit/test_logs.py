@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosedError
 
-from koiitasks.logs import LONGEST_MESSAGE, ApiOutageFilter, quiet_api_outages
+from koiitasks.logs import (
+    LONGEST_MESSAGE,
+    SETTINGS_PATH_VARIABLE,
+    ApiOutageFilter,
+    quiet_api_outages,
+    runs_log_quietly,
+)
 
 
 class Console:
@@ -187,3 +197,42 @@ class TestQuietApiOutages:
             for handler in {*logging.getLogger().handlers, *internal}:
                 for added in [f for f in handler.filters if isinstance(f, ApiOutageFilter)]:
                     handler.removeFilter(added)
+
+
+#: A process that loads Prefect's logging as a run's process does, and counts its handlers (the
+#: console and the internal stream) and those of them that have the filter.
+COUNT_FILTERED = """
+import logging, prefect.main
+from koiitasks.logs import ApiOutageFilter
+handlers = [*logging.getLogger().handlers, *logging.getLogger("prefect._internal").handlers]
+print(sum(any(isinstance(f, ApiOutageFilter) for f in h.filters) for h in handlers), len(handlers))
+"""
+
+
+class TestRunsLogQuietly:
+    """The runs' processes the serving process starts have the filter from their first line."""
+
+    def test_a_process_started_inside_has_the_filter_on_prefects_handlers(self) -> None:
+        with runs_log_quietly():
+            path = Path(os.environ[SETTINGS_PATH_VARIABLE])
+            assert path.is_file()
+            child = subprocess.run(
+                [sys.executable, "-c", COUNT_FILTERED], capture_output=True, text=True, check=True
+            )
+        assert child.stdout.split() == ["2", "2"], child.stderr
+        assert SETTINGS_PATH_VARIABLE not in os.environ
+        assert not path.exists()
+
+    def test_a_process_started_outside_has_prefects_own_logging(self) -> None:
+        child = subprocess.run(
+            [sys.executable, "-c", COUNT_FILTERED], capture_output=True, text=True, check=True
+        )
+        assert child.stdout.split() == ["0", "2"], child.stderr
+
+    def test_a_logging_configuration_of_the_users_own_stands(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv(SETTINGS_PATH_VARIABLE, str(tmp_path / "mine.yml"))
+        with runs_log_quietly():
+            assert os.environ[SETTINGS_PATH_VARIABLE] == str(tmp_path / "mine.yml")
+        assert os.environ[SETTINGS_PATH_VARIABLE] == str(tmp_path / "mine.yml")
