@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -130,7 +131,7 @@ def prefect_api(what: str) -> Iterator[None]:
 
 def process_claim() -> str:
     """What a flow run's process writes as its ``infrastructure_pid``: ``host:pid``."""
-    return process_claim_of(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def claim_flow_run(flow_run_id: UUID | str) -> bool:
@@ -154,13 +155,18 @@ def claimed_process_alive(claim: str | None) -> bool | None:
     host, _, pid = claim.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return None
+    return _process_alive(int(pid))
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this host runs (not exited, not a zombie)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return not _is_zombie(int(pid))
+    return not _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -266,15 +272,10 @@ def _stop_processes(pids: list[int]) -> None:
                 os.kill(pid, signal_number)
         deadline = time.monotonic() + STOP_GRACE_S
         while left and time.monotonic() < deadline:
-            left = [pid for pid in left if claimed_process_alive(process_claim_of(pid))]
+            left = [pid for pid in left if _process_alive(pid)]
             time.sleep(0.1)
         if not left:
             return
-
-
-def process_claim_of(pid: int) -> str:
-    """The claim a process of this host with ``pid`` would make."""
-    return f"{socket.gethostname()}:{pid}"
 
 
 def restore_completed(plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID) -> int:
@@ -361,24 +362,19 @@ class _LocalRuns:
     Prefect starts each run's process with ``PREFECT__FLOW_RUN_ID`` in its environment, so a
     process that could not claim its run (the API was away) is still found."""
 
-    def __init__(self) -> None:
-        self._pids: dict[str, list[int]] | None = None
-        self._read = False
-
     def pids(self, run_id: UUID) -> list[int]:
         """The processes here that run ``run_id`` (its own, and any it started): none if
         ``/proc`` cannot tell."""
-        return (self._processes() or {}).get(str(run_id), [])
+        return (self._processes or {}).get(str(run_id), [])
 
     def has(self, run_id: UUID) -> bool | None:
         """Whether a process here runs ``run_id``; None where ``/proc`` cannot tell."""
-        pids = self._processes()
+        pids = self._processes
         return None if pids is None else str(run_id) in pids
 
+    @functools.cached_property
     def _processes(self) -> dict[str, list[int]] | None:
-        if not self._read:
-            self._pids, self._read = _flow_run_processes(), True
-        return self._pids
+        return _flow_run_processes()
 
 
 def _flow_run_processes(proc: Path = Path("/proc")) -> dict[str, list[int]] | None:
