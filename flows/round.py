@@ -23,7 +23,7 @@ from flows import artifacts
 from koiitasks.collector import round_collection
 from koiitasks.errors import KoiiTasksError, RoundError
 from koiitasks.remote import open_remote
-from koiitasks.reports import artifact_key, payouts_table, round_markdown
+from koiitasks.reports import artifact_key, payouts_first, payouts_table, round_markdown
 from koiitasks.round import DistributionOutcome, RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.sandbox import open_sandbox
@@ -80,6 +80,9 @@ def publish(result: RoundResult) -> None:
             artifact_key(result.task_id, "payouts"),
             payouts_table(result),
             f"{result.task_id} round {result.round}: payouts and slashes",
+            first=payouts_first,
+            rest="Kept: every node not paid (the slashed ones first), then the largest credits;"
+            f" `koiitasks trace NODE --round {result.round}` explains any node.",
         ),
     )
 

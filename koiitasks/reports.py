@@ -10,6 +10,10 @@ from koiitasks.model import Outcome
 from koiitasks.network import Network
 from koiitasks.round_result import RoundResult
 
+#: The round summary lists at most this many nodes that were not paid (slashed ones first):
+#: a Markdown table of thousands is unreadable, and too large for one Prefect event.
+UNPAID_LISTED = 100
+
 
 def artifact_key(task_id: str, name: str) -> str:
     """A Prefect artifact key: lowercase letters, digits and dashes only."""
@@ -29,6 +33,12 @@ def payouts_table(result: RoundResult) -> list[dict[str, Any]]:
         }
         for node, n in sorted(result.nodes.items(), key=lambda kv: (-kv[1].credit, kv[0]))
     ]
+
+
+def payouts_first(row: dict[str, Any]) -> tuple[bool, int, int]:
+    """Which payouts rows a table too large to show whole keeps: every node not paid (the
+    slashed ones first), then the largest credits."""
+    return (row["outcome"] == Outcome.APPROVED.value, -row["slash"], -row["credit"])
 
 
 def round_markdown(result: RoundResult) -> str:
@@ -54,6 +64,8 @@ def round_markdown(result: RoundResult) -> str:
         (node, n) for node, n in sorted(result.nodes.items()) if n.outcome != Outcome.APPROVED
     ]
     if unpaid:
+        ranked = sorted(unpaid, key=lambda item: (-item[1].slash, item[0]))
+        listed = {node for node, _ in ranked[:UNPAID_LISTED]}
         lines += [
             "",
             "## Nodes not paid",
@@ -62,8 +74,16 @@ def round_markdown(result: RoundResult) -> str:
             "|---|---|---|---|",
         ]
         lines += [
-            f"| `{node}` | {n.outcome.value} | {n.slash} | {n.reason} |" for node, n in unpaid
+            f"| `{node}` | {n.outcome.value} | {n.slash} | {n.reason} |"
+            for node, n in unpaid
+            if node in listed
         ]
+        if len(unpaid) > len(listed):
+            more = len(unpaid) - len(listed)
+            lines.append(
+                f"\nAnd {more:,} more nodes not paid, none slashed more than those listed:"
+                f" `koiitasks trace NODE --round {result.round}` explains any node."
+            )
     return "\n".join(lines)
 
 
@@ -88,6 +108,12 @@ def balances_table(ledger: LedgerState, network: Network) -> list[dict[str, Any]
         for node, reg in network.nodes.items()
     ]
     return sorted(rows, key=lambda row: (-row["balance"], row["node"]))
+
+
+def balances_first(row: dict[str, Any]) -> tuple[bool, int]:
+    """Which balances rows a table too large to show whole keeps: every node slashed, then the
+    largest balances."""
+    return (row["slashed"] == 0, -row["balance"])
 
 
 def missed_markdown(task_id: str, round_number: int, reason: str) -> str:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.events import Event
+from prefect.settings import PREFECT_EVENTS_MAXIMUM_SIZE_BYTES, temporary_settings
 
 from flows import artifacts
 from flows.deployed import deployed_round
@@ -17,7 +23,7 @@ from flows.round import sandbox_round
 from koiitasks.clock import SimulatedClock, WallClock
 from koiitasks.deployment import prepare_deployed_task
 from koiitasks.errors import RoundError, StorageUnavailable
-from koiitasks.reports import payouts_table, round_markdown
+from koiitasks.reports import UNPAID_LISTED, payouts_first, payouts_table, round_markdown
 from koiitasks.round import RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.storage import FileStore, Layout
@@ -165,3 +171,101 @@ class TestArtifacts:
         rows = [{"node": "a", "credit": credit}, {"node": "b", "credit": 0}]
         made = artifacts.table("k", rows, "d")
         assert (made.type, json.loads(str(made.data))) == ("table", rows)
+
+    def test_a_table_too_large_for_one_event_keeps_the_rows_ranked_first(self) -> None:
+        """A table too large for one Prefect event keeps the rows ranked first, as many as fit,
+        in the table's order, and its description says how many it kept of how many."""
+        rows = [_payout(i, slash=10 if i % 97 == 0 else 0) for i in range(2000)]
+        limit = 40_000
+        with temporary_settings(updates={PREFECT_EVENTS_MAXIMUM_SIZE_BYTES: limit}):
+            made = artifacts.table("k", rows, "payouts", first=payouts_first, rest="See more.")
+        kept = json.loads(str(made.data))
+        description = str(made.description)
+        in_event = len(orjson.dumps(made.data)) + len(orjson.dumps(description))
+        assert limit / 2 < in_event <= limit - artifacts.EVENT_HEADROOM_BYTES
+        assert kept == [row for row in rows if row in kept]  # the table's own order
+        assert [row for row in rows if row["slash"]] == [row for row in kept if row["slash"]]
+        dropped = [row for row in rows if row not in kept]
+        assert min(row["credit"] for row in kept if not row["slash"]) > max(
+            row["credit"] for row in dropped
+        )
+        assert description.startswith(f"payouts\n\n**{len(kept):,} of 2,000 rows.**")
+        assert description.endswith("PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES). See more.")
+
+    def test_a_table_that_fits_in_one_event_is_whole(self) -> None:
+        """A table that fits in one event keeps every row and its description as given."""
+        rows = _payouts(100)
+        made = artifacts.table("k", rows, "payouts", first=payouts_first, rest="See more.")
+        assert (json.loads(str(made.data)), made.description) == (rows, "payouts")
+
+    def test_the_server_publishes_the_event_of_a_payouts_table_of_15000_nodes(self) -> None:
+        """A 15,000-node payouts table, 1.8 MB whole, is cut to fit, so the server publishes its
+        artifact event rather than refusing it (Prefect's limit is 1.5 MB)."""
+        assert len(orjson.dumps(orjson.dumps(_payouts(15_000)).decode())) > 1_500_000
+        key = f"large-payouts-{os.getpid()}"
+        _publish_table(key, 15_000)
+        deadline = time.monotonic() + 60
+        while not (found := asyncio.run(_artifact_events(key))) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [event.event for event in found] == ["prefect.artifact-collection.created"]
+
+    def test_the_round_summary_lists_the_nodes_not_paid_most_slashed_first_up_to_a_bound(
+        self, tmp_path: Path
+    ) -> None:
+        """The round summary lists at most UNPAID_LISTED nodes not paid, the most slashed ones
+        whatever their ids, and says how many more there are and how to look into them."""
+        result = RoundResult.model_validate_json(
+            sandbox_round(
+                task_dir=str(HASH_PUZZLE),
+                round_number=0,
+                store=str(tmp_path / "unpaid"),
+                nodes=UNPAID_LISTED + 12,
+                seed=3,
+                adversaries={"offline": UNPAID_LISTED + 5, "lazy": 2},
+            )
+        )
+        text = round_markdown(result)
+        listed = [line for line in text.splitlines() if line.startswith("| `")]
+        assert len(listed) == UNPAID_LISTED
+        slashed = [node for node, n in result.nodes.items() if n.slash]
+        assert slashed, "a lazy node is slashed"
+        assert all(f"| `{node}` |" in text for node in slashed)
+        assert "And 7 more nodes not paid" in text
+        assert "`koiitasks trace NODE --round 0`" in text
+
+
+def _payout(i: int, *, slash: int = 0) -> dict[str, Any]:
+    """A payouts row as ``payouts_table`` makes them, about 120 bytes of JSON."""
+    return {
+        "node": f"{i:044d}",
+        "behaviour": "honest",
+        "outcome": "rejected" if slash else "approved",
+        "credit": 0 if slash else 1_000_000 + i,
+        "slash": slash,
+        "reason": "",
+    }
+
+
+def _payouts(count: int) -> list[dict[str, Any]]:
+    return [_payout(i) for i in range(count)]
+
+
+@flow(name="publish-a-table", persist_result=False)
+def _publish_table(key: str, rows: int) -> None:
+    artifacts.publish(artifacts.table(key, _payouts(rows), "a large table", first=payouts_first))
+
+
+async def _artifact_events(key: str) -> list[Any]:
+    async with get_client() as client:
+        response = await client._client.post(
+            "/events/filter",
+            json={
+                "filter": {
+                    "event": {"prefix": ["prefect.artifact-collection."]},
+                    "resource": {"labels": {"prefect.resource.name": [key]}},
+                },
+                "limit": 10,
+            },
+        )
+        response.raise_for_status()
+        return [Event.model_validate(e) for e in response.json()["events"]]
