@@ -25,9 +25,13 @@ def init(
     """Create a task folder: a commented config-task.yml, task.py with working hooks, tests
     that use koiitasks.testing, and a README. Never overwrites a folder that is not empty.
 
+    Then run its tests and a few rounds:
+
         koiitasks init price-feed
         pytest price-feed
         koiitasks run price-feed --nodes 10 --rounds 3 --plain
+
+    The hooks to change are in task.py; Koii's settings in config-task.yml.
     """
     from koiitasks.scaffold import init_task  # noqa: PLC0415 - keep --help fast
 

@@ -29,8 +29,12 @@ def ledger_show(
 ) -> None:
     """Balances, stakes and totals per node, from the ledger.
 
-    koiitasks ledger show
-    koiitasks ledger show --json | jq .balances
+    Examples:
+
+        koiitasks ledger show
+        koiitasks ledger show --json | jq .balances
+
+    It trusts the records as stored; `koiitasks ledger verify` checks them.
     """
     from koiitasks.config import TaskConfig  # noqa: PLC0415
     from koiitasks.ledger import read_ledger  # noqa: PLC0415

@@ -32,6 +32,8 @@ def keygen(
 
         koiitasks node keygen --out orchestrator.json
         koiitasks node keygen --out node-1.json
+
+    A key file holds its private key: keep it off shared storage.
     """
     from koiitasks.identity import Keypair, save_key  # noqa: PLC0415 - keep --help fast
 

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 import typer
+from typer.core import TyperCommand, TyperGroup
+from typer.testing import CliRunner
 
 from koiitasks import cli
 from koiitasks.cli._common import resolve_task
@@ -65,3 +67,38 @@ class TestResolveTask:
         assert resolve_task("memory://unit-resolve-task", task) == task
         with pytest.raises(InvalidKey):
             Layout(task).ledger_entry(0)
+
+
+def _commands(group: TyperGroup, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, command in group.commands.items():
+        if isinstance(command, TyperGroup):
+            found += _commands(command, (*path, name))
+        else:
+            found.append((*path, name))
+    return found
+
+
+COMMANDS = _commands(typer.main.get_group(cli.app))
+
+
+class TestHelp:
+    """Every command's `--help`, as typer and rich render it."""
+
+    @pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
+    def test_each_example_command_is_a_line_of_its_own(self, path: tuple[str, ...]) -> None:
+        """The example commands in a command's help stay one to a line, never run together
+        into one paragraph."""
+        command: object = typer.main.get_group(cli.app)
+        for name in path:
+            assert isinstance(command, TyperGroup)
+            command = command.commands[name]
+        assert isinstance(command, TyperCommand)
+        examples = [
+            line.strip().rstrip("\\").strip()
+            for line in (command.help or "").splitlines()
+            if line.strip().startswith(("koiitasks ", "pytest "))
+        ]
+        shown = CliRunner().invoke(cli.app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        lines = [line.strip(" │").rstrip("\\").strip() for line in shown.splitlines()]
+        assert all(example in lines for example in examples), (examples, shown)
