@@ -232,7 +232,7 @@ def _help_blocks(text: str) -> list[str]:
             block.append(line[4:])
             continue
         if block:
-            lines += ["```text", *block, "```", ""]
+            lines += ["```text", *block, "```"] + ([""] if line else [])
             block = []
         lines.append(line)
     if block:
