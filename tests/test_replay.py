@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +98,38 @@ class TestReplayMatches:
             assert result.slashes
             assert result.records_checked > 20
         figures.record("rounds_replayed", len(results))
+
+    def test_verifying_a_task_reports_its_progress_round_by_round(self, settled: Sandbox) -> None:
+        """``verify_task`` tells its progress as rounds replayed of rounds settled: none before
+        the first, then one more after each."""
+        calls: list[tuple[int, int]] = []
+        verified = verify_task(settled.store, TASK, progress=lambda *done: calls.append(done))
+        assert verified.rounds_replayed == 3
+        assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+    def test_ledger_verify_on_a_terminal_shows_rounds_replayed_then_clears_them(
+        self, store_dir: Path
+    ) -> None:
+        """On a terminal `ledger verify` draws rounds replayed of settled on stderr while it
+        works, and leaves only its verdict; piped, stderr stays empty."""
+        command = [sys.executable, "-m", "koiitasks", "ledger", "verify", "--store", str(store_dir)]
+        main, terminal = pty.openpty()
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal) as proc:
+            os.close(terminal)
+            drawn = b""
+            with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+                while chunk := os.read(main, 4096):
+                    drawn += chunk
+            stdout = proc.stdout.read() if proc.stdout else b""
+        os.close(main)
+        assert proc.returncode == 0
+        text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn)
+        assert b"verifying hash-puzzle" in text
+        assert b"2/2 rounds" in text
+        assert b"\x1b[2K" in drawn[drawn.rindex(b"rounds") :]  # the bar's line erased at the end
+        assert stdout.decode().startswith("ok: 2 ledger entries")
+        piped = invoke("ledger", "verify", "--store", str(store_dir))
+        assert (piped.exit_code, piped.stderr) == (0, "")
 
     def test_replay_writes_nothing(self, settled: Sandbox) -> None:
         """Replaying changes no byte of the store: it reads through a read-only view."""

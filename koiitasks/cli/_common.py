@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +34,37 @@ TaskOption = Annotated[
     str | None,
     typer.Option("--task", help="Task id or task folder (default: the store's only task)."),
 ]
+
+
+@contextmanager
+def replay_progress(
+    description: str, *, shown: bool = True
+) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback that draws a bar of rounds on stderr while the
+    block runs, cleared when it ends; a no-op unless stderr is a terminal and ``shown``."""
+    from rich.progress import (  # noqa: PLC0415 - keep --help fast
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+    )
+    shown = shown and err.is_terminal
+    with Progress(*columns, console=err, transient=True, disable=not shown) as bar:
+        rounds = bar.add_task(description, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(rounds, completed=done, total=total)
+
+        yield progress
 
 
 def open_store_at(url: str) -> Store:

@@ -15,6 +15,7 @@ from koiitasks.cli._common import (
     TaskOption,
     open_store_at,
     out,
+    replay_progress,
     resolve_task,
     store_url,
 )
@@ -121,7 +122,10 @@ def ledger_verify(
         report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
         checked, head_hash = report.records_checked, None
     else:
-        verified = verify_task(the_store, task_id, orchestrator=orchestrator, head=head)
+        with replay_progress(f"verifying {task_id}", shown=not json_out) as progress:
+            verified = verify_task(
+                the_store, task_id, orchestrator=orchestrator, head=head, progress=progress
+            )
         report, replayed = verified.ledger, verified.rounds_replayed
         checked, head_hash = verified.records_checked, verified.head_hash
     if json_out:
