@@ -10,7 +10,8 @@ A keyed artifact's data also travels whole in the "artifact collection" event th
 emits for it, and the server drops an event larger than its limit with a warning
 (``PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES``, 1.5 MB by default): a 10,000-node payouts
 table is 1.56 MB there. A table too large for one event keeps the rows its caller ranks first,
-as many as fit, and says so in its description.
+as many as fit, and says so in its description. The limit is read from this process's
+Prefect settings: a server configured with a smaller one needs the same setting here.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def table(
     (20 ms for 1,000 rows, measured). If the table would not fit in one Prefect event, it
     keeps the rows that sort first by ``first`` (all of them ranked equal if None), as many as
     fit, in their own order, and its description says how many were left out, then ``rest``
-    (where to find them)."""
+    (which rows come first, where to find the others). The description itself is kept whole:
+    one too long for the event leaves no row."""
     data = _json(rows)
     limit = get_current_settings().server.events.maximum_size_bytes
     budget = limit - EVENT_HEADROOM_BYTES
@@ -74,8 +76,9 @@ def table(
 def _json(rows: list[Row]) -> str:
     try:
         return orjson.dumps(rows).decode()
-    except TypeError:  # an integer over 64 bits (a bounty or stake can be): the slow way
-        return json.dumps(rows)
+    except TypeError:  # an integer over 64 bits (a bounty or stake can be): the slow way,
+        # spelt as orjson spells the rest (compact, UTF-8), so the sizes _fitting adds up hold
+        return json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
 
 
 def _in_event(text: str) -> int:

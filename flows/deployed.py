@@ -31,7 +31,13 @@ from koiitasks.live import LiveEngine
 from koiitasks.logs import quiet_api_outages
 from koiitasks.model import Outcome
 from koiitasks.recovery import NOT_A_ROUND, claim_flow_run
-from koiitasks.reports import artifact_key, balances_first, balances_table, missed_markdown
+from koiitasks.reports import (
+    BALANCES_REST,
+    artifact_key,
+    balances_first,
+    balances_table,
+    missed_markdown,
+)
 from koiitasks.round_result import RoundResult
 from koiitasks.task import load_task
 
@@ -72,8 +78,7 @@ def publish_balances(engine: LiveEngine) -> None:
             f"{engine.task_id}: balances and stakes after round "
             f"{engine.ledger.head.body.round if engine.ledger.head else '-'}",
             first=balances_first,
-            rest="Kept: every node slashed, then the largest balances;"
-            " `koiitasks ledger show` lists every node.",
+            rest=BALANCES_REST,
         )
     )
 

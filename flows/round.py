@@ -23,7 +23,13 @@ from flows import artifacts
 from koiitasks.collector import round_collection
 from koiitasks.errors import KoiiTasksError, RoundError
 from koiitasks.remote import open_remote
-from koiitasks.reports import artifact_key, payouts_first, payouts_table, round_markdown
+from koiitasks.reports import (
+    artifact_key,
+    payouts_first,
+    payouts_rest,
+    payouts_table,
+    round_markdown,
+)
 from koiitasks.round import DistributionOutcome, RoundEngine
 from koiitasks.round_result import RoundResult
 from koiitasks.sandbox import open_sandbox
@@ -81,8 +87,7 @@ def publish(result: RoundResult) -> None:
             payouts_table(result),
             f"{result.task_id} round {result.round}: payouts and slashes",
             first=payouts_first,
-            rest="Kept: every node not paid (the slashed ones first), then the largest credits;"
-            f" `koiitasks trace NODE --round {result.round}` explains any node.",
+            rest=payouts_rest(result.round),
         ),
     )
 

@@ -41,6 +41,14 @@ def payouts_first(row: dict[str, Any]) -> tuple[bool, int, int]:
     return (row["outcome"] == Outcome.APPROVED.value, -row["slash"], -row["credit"])
 
 
+def payouts_rest(round_number: int) -> str:
+    """What a payouts table too large to show whole says of the rows it kept and the rest."""
+    return (
+        "Kept first: the nodes not paid (the slashed ones first), then the largest credits;"
+        f" `koiitasks trace NODE --round {round_number}` explains any node."
+    )
+
+
 def round_markdown(result: RoundResult) -> str:
     """The round summary as Markdown."""
     counts = result.counts()
@@ -114,6 +122,13 @@ def balances_first(row: dict[str, Any]) -> tuple[bool, int]:
     """Which balances rows a table too large to show whole keeps: every node slashed, then the
     largest balances."""
     return (row["slashed"] == 0, -row["balance"])
+
+
+#: What a balances table too large to show whole says of the rows it kept and the rest.
+BALANCES_REST = (
+    "Kept first: the nodes slashed, then the largest balances; `koiitasks ledger show` lists"
+    " every node."
+)
 
 
 def missed_markdown(task_id: str, round_number: int, reason: str) -> str:

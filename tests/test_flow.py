@@ -172,10 +172,17 @@ class TestArtifacts:
         made = artifacts.table("k", rows, "d")
         assert (made.type, json.loads(str(made.data))) == ("table", rows)
 
-    def test_a_table_too_large_for_one_event_keeps_the_rows_ranked_first(self) -> None:
+    @pytest.mark.parametrize(
+        "largest", [pytest.param(10**9, id="int"), pytest.param(2**70, id="over-64-bits")]
+    )
+    def test_a_table_too_large_for_one_event_keeps_the_rows_ranked_first(
+        self, largest: int
+    ) -> None:
         """A table too large for one Prefect event keeps the rows ranked first, as many as fit,
-        in the table's order, and its description says how many it kept of how many."""
+        in the table's order, and its description says how many it kept of how many; integers
+        of any size and text in any script included."""
         rows = [_payout(i, slash=10 if i % 97 == 0 else 0) for i in range(2000)]
+        rows[1]["credit"], rows[2]["reason"] = largest, "refusé: 署名が無効"
         limit = 40_000
         with temporary_settings(updates={PREFECT_EVENTS_MAXIMUM_SIZE_BYTES: limit}):
             made = artifacts.table("k", rows, "payouts", first=payouts_first, rest="See more.")
@@ -185,6 +192,7 @@ class TestArtifacts:
         assert limit / 2 < in_event <= limit - artifacts.EVENT_HEADROOM_BYTES
         assert kept == [row for row in rows if row in kept]  # the table's own order
         assert [row for row in rows if row["slash"]] == [row for row in kept if row["slash"]]
+        assert rows[1] in kept  # the largest credit
         dropped = [row for row in rows if row not in kept]
         assert min(row["credit"] for row in kept if not row["slash"]) > max(
             row["credit"] for row in dropped

@@ -7,8 +7,10 @@ import json
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +70,10 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+#: Environment variables that make rich draw on a pipe or not draw on a terminal.
+RICH_OVERRIDES = ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS")
+
+
 def orchestrator_of(box: Sandbox) -> Keypair:
     key = box.network.orchestrator_key
     assert key is not None
@@ -108,26 +114,38 @@ class TestReplayMatches:
         assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
     def test_ledger_verify_on_a_terminal_shows_rounds_replayed_then_clears_them(
-        self, store_dir: Path
+        self, store_dir: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """On a terminal `ledger verify` draws rounds replayed of settled on stderr while it
         works, and leaves only its verdict; piped, stderr stays empty."""
         command = [sys.executable, "-m", "koiitasks", "ledger", "verify", "--store", str(store_dir)]
+        env = {k: v for k, v in os.environ.items() if k not in RICH_OVERRIDES} | {"TERM": "xterm"}
         main, terminal = pty.openpty()
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal) as proc:
-            os.close(terminal)
-            drawn = b""
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, env=env)
+        os.close(terminal)
+        drawn, deadline = b"", time.monotonic() + 120
+        try:
             with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
-                while chunk := os.read(main, 4096):
+                while time.monotonic() < deadline:
+                    if not select.select([main], [], [], 1)[0]:
+                        continue
+                    chunk = os.read(main, 4096)
+                    if not chunk:
+                        break
                     drawn += chunk
-            stdout = proc.stdout.read() if proc.stdout else b""
-        os.close(main)
+            stdout, _ = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            os.close(main)
         assert proc.returncode == 0
         text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn)
         assert b"verifying hash-puzzle" in text
         assert b"2/2 rounds" in text
         assert b"\x1b[2K" in drawn[drawn.rindex(b"rounds") :]  # the bar's line erased at the end
         assert stdout.decode().startswith("ok: 2 ledger entries")
+        for name in RICH_OVERRIDES:
+            monkeypatch.delenv(name, raising=False)
         piped = invoke("ledger", "verify", "--store", str(store_dir))
         assert (piped.exit_code, piped.stderr) == (0, "")
 

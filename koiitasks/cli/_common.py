@@ -41,7 +41,8 @@ def replay_progress(
     description: str, *, shown: bool = True
 ) -> Iterator[Callable[[int, int], None]]:
     """A ``progress(done, total)`` callback that draws a bar of rounds on stderr while the
-    block runs, cleared when it ends; a no-op unless stderr is a terminal and ``shown``."""
+    block runs, cleared when it ends; a no-op unless ``shown`` and stderr is an interactive
+    terminal (rich's judgement: not ``TERM=dumb``, not ``TTY_INTERACTIVE=0``)."""
     from rich.progress import (  # noqa: PLC0415 - keep --help fast
         BarColumn,
         MofNCompleteColumn,
@@ -57,8 +58,15 @@ def replay_progress(
         TextColumn("rounds"),
         TimeElapsedColumn(),
     )
-    shown = shown and err.is_terminal
-    with Progress(*columns, console=err, transient=True, disable=not shown) as bar:
+    shown = shown and err.is_interactive
+    with Progress(
+        *columns,
+        console=err,
+        transient=True,
+        disable=not shown,
+        redirect_stdout=False,  # what a command prints goes to stdout, even while the bar shows
+        redirect_stderr=False,
+    ) as bar:
         rounds = bar.add_task(description, total=None)
 
         def progress(done: int, total: int) -> None:

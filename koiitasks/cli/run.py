@@ -150,7 +150,7 @@ def run(
     stack = ExitStack()
     runner = _runner(stack, sandbox, options, plain=plain, address=address, verbose=verbose)
     # A live progress bar would draw over a debugger stopped in a hook (--workers 1).
-    show_progress = not json_out and err.is_terminal and workers > 1
+    show_progress = not json_out and err.is_interactive and workers > 1
     from rich.progress import Progress  # noqa: PLC0415
 
     with stack, Progress(console=err, transient=True, disable=not show_progress) as progress:
