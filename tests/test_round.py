@@ -313,6 +313,38 @@ class TestHooks:
             (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
         )
 
+    @pytest.mark.parametrize(
+        ("value", "said"),
+        [
+            pytest.param('("a", 1)', "returned a tuple (JSON has lists", id="tuple"),
+            pytest.param(
+                "{1, 2}", "returned a value that is not JSON (Object of type set", id="set"
+            ),
+            pytest.param('{1: "a"}', "returned a dict with the int key 1", id="int-key"),
+            pytest.param('[{"a": (1,)}]', "returned a tuple", id="nested-tuple"),
+        ],
+    )
+    def test_execute_result_json_would_change_counts_as_missing_and_says_why(
+        self, tmp_path: Path, value: str, said: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A result JSON cannot hold as it is (a tuple, a set, a key that is not a string) costs
+        its node the round, with a warning naming what it returned, and the round goes on."""
+        task_dir = write_task(
+            tmp_path / "shape",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                f'return {value} if ctx.node_id < "5" else '
+                '{"node": ctx.node_id, "round": ctx.round}',
+            ),
+        )
+        (result,) = run_rounds(task_dir, nodes=12)
+        assert result.distribution_accepted
+        assert all(
+            (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
+        )
+        assert said in caplog.text
+        assert "return JSON: dicts with string keys, lists" in caplog.text
+
     def test_execute_result_that_is_not_utf8_counts_as_missing(self, tmp_path: Path) -> None:
         """A result holding a lone surrogate (a str no UTF-8 encodes) costs its node the round,
         not every node: it is refused at the node, like NaN."""

@@ -55,6 +55,45 @@ class HookFailed(KoiiTasksError):  # noqa: N818 - reads as what happened
         self.round_number = round_number
 
 
+#: What an execute hook may return, as its error says.
+JSON_TYPES = "dicts with string keys, lists, strings, numbers, True, False or None"
+
+
+def json_problem(value: object) -> str | None:
+    """Why ``value`` is not strict JSON in UTF-8, or None when it is.
+
+    A result must be: canonical() would quietly write NaN as null (changing the result),
+    ``json`` would turn integer keys into strings and tuples into lists, and a lone surrogate
+    cannot be encoded at all.
+    """
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except TypeError as e:  # "Object of type set is not JSON serializable"
+        return f"a value that is not JSON ({e})"
+    except UnicodeEncodeError:
+        return "text that is not UTF-8 (a lone surrogate)"
+    except ValueError:
+        return "NaN or an infinity, which JSON cannot hold"
+    return _shape_problem(value)
+
+
+def _shape_problem(value: object) -> str | None:
+    """What ``json`` would have changed silently: a key that is not a string, a tuple."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"a dict with the {type(key).__name__} key {key!r} (JSON keys are strings)"
+            if (problem := _shape_problem(item)) is not None:
+                return problem
+    elif isinstance(value, tuple):
+        return "a tuple (JSON has lists: return a list)"
+    elif isinstance(value, list):
+        for item in value:
+            if (problem := _shape_problem(item)) is not None:
+                return problem
+    return None
+
+
 class NodeRuntime:
     """One node's identity, task and store."""
 
@@ -111,10 +150,6 @@ class NodeRuntime:
         assert hook is not None  # load_task refuses a task without one
         try:
             result = hook(self.context(round_number, slot_clock))
-            # Must be strict JSON in UTF-8: fail here, with the node named, not later.
-            # (canonical() would quietly write NaN as null, changing the result, and a lone
-            # surrogate cannot be encoded at all.)
-            json.dumps(result, allow_nan=False, ensure_ascii=False).encode()
         except Exception as e:
             raise self._failed(
                 "execute",
@@ -122,6 +157,14 @@ class NodeRuntime:
                 f"execute hook failed on node {self.node_id} in round {round_number}: "
                 f"{type(e).__name__}: {e}",
             ) from e
+        problem = json_problem(result)
+        if problem is not None:  # no traceback: it would show only the json module's frames
+            raise self._failed(
+                "execute",
+                round_number,
+                f"execute hook on node {self.node_id} in round {round_number} returned {problem};"
+                f" return JSON: {JSON_TYPES}",
+            )
         return result
 
     def sign_submission(
