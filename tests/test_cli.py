@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from koiitasks.storage import Layout
-from tests.conftest import HASH_PUZZLE, koiitasks
+from koiitasks.testing import write_task
+from koiitasks.testing.cli import invoke
+from tests.conftest import ECHO_TASK, HASH_PUZZLE, koiitasks
 
 ALL_KINDS = ("offline", "lazy", "forger", "replayer", "late", "bad-auditor")
 
@@ -70,6 +72,24 @@ class TestRun:
         assert lines[1].startswith("round 1: ")
         assert "koiitasks ledger verify" in lines[-1]
         assert "Traceback" not in proc.stderr
+
+    def test_a_round_that_paid_nobody_says_why_each_list_was_refused(self, tmp_path: Path) -> None:
+        """When every distribution list is refused, the round's line is followed by one line
+        per attempt saying why, so "nobody paid" is never left unexplained."""
+        task_dir = write_task(
+            tmp_path / "negative",
+            ECHO_TASK + "\n\n@task.distribute\ndef distribute(ctx, approved, bounty):\n"
+            "    return {ctx.node_id: -5}\n",
+        )
+        ran = invoke(
+            "run", str(task_dir), "--nodes", "4", "--plain", "--store", str(tmp_path / "s")
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran.stderr
+        lines = ran.stdout.splitlines()
+        assert "distribution failed, nobody paid" in lines[0]
+        reasons = [line for line in lines if line.startswith("  - attempt ")]
+        assert reasons
+        assert all("a negative amount -5" in line for line in reasons)
 
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path
