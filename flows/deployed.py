@@ -98,7 +98,7 @@ def publish_missed(engine: LiveEngine, round_number: int, reason: str) -> State[
 def log_nodes(result: RoundResult) -> None:
     """One log line per node that was not paid, naming it and why."""
     logger = get_run_logger()
-    logger.info("%s", result.summary())
+    logger.info("%s", result.report())
     for node_id, node in sorted(result.nodes.items()):
         if node.outcome != Outcome.APPROVED or node.slash:
             logger.warning(

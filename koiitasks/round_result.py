@@ -58,3 +58,11 @@ class RoundResult(KoiiModel):
         if slashed:
             line += f"; slashed {self.slashed:,} from {slashed} nodes"
         return line + f"; ledger #{self.sequence} {self.ledger_hash[:12]}"
+
+    def report(self) -> str:
+        """:meth:`summary`, and under it, when nobody was paid, why each distribution list was
+        refused (one ``  - attempt N by NODE: ...`` line each)."""
+        lines = [self.summary()]
+        if not (self.distribution_accepted or self.already_settled):
+            lines += [f"  - {reason}" for reason in self.reasons]
+        return "\n".join(lines)

@@ -91,7 +91,7 @@ def run_remote(
             if json_out:
                 print(result.model_dump_json(), flush=True)
             else:
-                out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
+                out.print(result.report(), markup=False, highlight=False, soft_wrap=True)
         if not json_out:
             ledger = remote.engine.ledger
             out.print(

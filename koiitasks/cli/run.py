@@ -162,10 +162,7 @@ def run(
             if json_out:
                 print(result.model_dump_json(), flush=True)
             else:
-                out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
-                if not (result.distribution_accepted or result.already_settled):
-                    for reason in result.reasons:  # why each list was refused: why nobody was paid
-                        out.print(f"  - {reason}", markup=False, highlight=False, soft_wrap=True)
+                out.print(result.report(), markup=False, highlight=False, soft_wrap=True)
             if traced is not None:
                 path = trace_node(sandbox.store, sandbox.loaded.task_id, number, traced)
                 if json_out:  # one line per record, "kind": "trace", after the round's line
