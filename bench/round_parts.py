@@ -11,6 +11,8 @@ floor:
   verifications and writes (records, checks, hooks, the simulated nodes);
 - ``threads_s``: the round's steps with its shards on ``SHARD_CONCURRENCY`` threads, as the
   Prefect flow runs them, everything real;
+- ``threads_no_writes_s``: the same on the in-memory store: what the threads make of the
+  round's Python and its cryptography alone;
 - ``threads_no_crypto_s``: the same with signing and verification replaced by no-ops: what a
   round's own process would still do if all its cryptography went to a helper process for free;
 - ``engine_threads_s``: the same on threads, everything real, but with the simulated nodes'
@@ -25,6 +27,7 @@ floor:
 From these:
 
 - ``threads_speedup = full_s / threads_s``: what the shard threads gain;
+- ``threads_no_writes_speedup = no_writes_s / threads_no_writes_s``: the same without writes;
 - ``gil_bound_vs_floor = python_s / floor_s``: a bound on ``vs_floor`` from the lock alone,
   since the round's Python holds it whatever the threads do;
 - ``even_split_vs_floor = full_s / SHARD_CONCURRENCY / floor_s``: the round's whole work split
@@ -39,6 +42,11 @@ From these:
     python bench/round_parts.py --nodes 10000 --repeat 3 --json
     python bench/round_parts.py --quick --json     # what CI runs: asserts nothing about time
 
+Beside each way's time, ``cpu_s`` gives the CPU seconds of the process and ``switches`` its
+voluntary context switches (``getrusage``) during that same run: a thread that must wait for
+the interpreter lock sleeps and is woken, so the switches count the lock's hand-overs, and
+CPU beyond one thread's shows what they cost.
+
 It asserts nothing about time. Each way runs ``--repeat`` times, interleaved (each repeat starts
 with the next way, so none always runs first), on a fresh store with no remembered verdicts, its
 network made before the clock starts and the sandbox freed after; the best of each is reported.
@@ -51,11 +59,13 @@ import concurrent.futures as cf
 import gc
 import json
 import logging
+import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +150,7 @@ WAYS: dict[str, tuple[str, bool, bool, Callable[[Sandbox], None]]] = {
     "no_crypto_s": ("file", False, False, in_one_thread),
     "python_s": ("memory", False, False, in_one_thread),
     "threads_s": ("file", True, False, on_threads),
+    "threads_no_writes_s": ("memory", True, False, on_threads),
     "threads_no_crypto_s": ("file", False, False, on_threads),
     "engine_threads_s": ("file", True, True, on_threads),
     "engine_no_crypto_s": ("file", False, True, on_threads),
@@ -216,10 +227,30 @@ def record_tape(store: str, nodes: int) -> Tape:
     return recorder.tape
 
 
+@dataclass(frozen=True, order=True)
+class Run:
+    """One timed run of a way: wall seconds (what orders runs), CPU seconds of the process,
+    and its voluntary context switches."""
+
+    wall_s: float
+    cpu_s: float
+    switches: int
+
+
+def timed_run(run: Callable[[Sandbox], None], sandbox: Sandbox) -> Run:
+    before, cpu = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+    start = time.perf_counter()
+    run(sandbox)
+    wall_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before.ru_nvcsw
+    return Run(wall_s, cpu_s, switches)
+
+
 def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
     logging.getLogger("koiitasks").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="koiitasks-round-parts-"))
-    runs: dict[str, list[float]] = {way: [] for way in WAYS}
+    runs: dict[str, list[Run]] = {way: [] for way in WAYS}
     ways = list(WAYS)
     sizes = {min(nodes, 50), nodes}
     tapes = {size: record_tape(str(work / f"tape-{size}"), size) for size in sizes}
@@ -235,13 +266,12 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
                 sandbox.engine.pool = ReplayedNodes(sandbox.engine.pool, tapes[size])
             stubbed: AbstractContextManager[None] = nullcontext() if signs else no_crypto()
             with stubbed:
-                start = time.perf_counter()
-                run(sandbox)
-                elapsed = time.perf_counter() - start
+                timed = timed_run(run, sandbox)
             release(sandbox)
             if i >= 0:
-                runs[way].append(elapsed)
-    best = {way: min(times) for way, times in runs.items()}
+                runs[way].append(timed)
+    fastest = {way: min(timed) for way, timed in runs.items()}
+    best = {way: timed.wall_s for way, timed in fastest.items()}
 
     counted = str(work / "counted")
     sandbox = sandbox_on(counted, nodes)
@@ -254,11 +284,14 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
         **{way: round(seconds, 3) for way, seconds in best.items()},
         "floor_s": round(floor_s, 3),
         "threads_speedup": round(best["full_s"] / best["threads_s"], 3),
+        "threads_no_writes_speedup": round(best["no_writes_s"] / best["threads_no_writes_s"], 3),
         "gil_bound_vs_floor": round(best["python_s"] / floor_s, 3),
         "even_split_vs_floor": round(best["full_s"] / SHARD_CONCURRENCY / floor_s, 3),
         "threads_vs_floor": round(best["threads_s"] / floor_s, 3),
         "helper_bound_vs_floor": round(best["threads_no_crypto_s"] / floor_s, 3),
         "engine_vs_floor": round(best["engine_threads_s"] / floor_s, 3),
+        "cpu_s": {way: round(timed.cpu_s, 3) for way, timed in fastest.items()},
+        "switches": {way: timed.switches for way, timed in fastest.items()},
     }
 
 

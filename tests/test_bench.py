@@ -60,10 +60,12 @@ class TestRoundBench:
 
 PARTS_KEYS = {
     "nodes", "full_s", "no_writes_s", "no_crypto_s", "python_s", "threads_s", "floor_s",
-    "threads_no_crypto_s", "engine_threads_s", "engine_no_crypto_s", "threads_speedup",
-    "gil_bound_vs_floor", "even_split_vs_floor", "threads_vs_floor", "helper_bound_vs_floor",
-    "engine_vs_floor",
+    "threads_no_writes_s", "threads_no_crypto_s", "engine_threads_s", "engine_no_crypto_s",
+    "threads_speedup", "threads_no_writes_speedup", "gil_bound_vs_floor", "even_split_vs_floor",
+    "threads_vs_floor", "helper_bound_vs_floor", "engine_vs_floor",
 }  # fmt: skip
+#: Ways of running the round: each has a time, CPU seconds and a count of context switches.
+PARTS_WAYS = {key for key in PARTS_KEYS if key.endswith("_s") and key != "floor_s"}
 
 
 class TestRoundPartsBench:
@@ -72,8 +74,8 @@ class TestRoundPartsBench:
     def test_quick_run_prints_every_part_measured(
         self, cli_env: dict[str, str], tmp_path: Path
     ) -> None:
-        """--quick --json prints one object with every way of running the round timed, and
-        the ratios computed from those times."""
+        """--quick --json prints one object with every way of running the round timed, the
+        ratios computed from those times, and each way's CPU seconds and context switches."""
         proc = subprocess.run(
             [sys.executable, str(ROOT / "bench" / "round_parts.py"), "--quick", "--json"],
             env=cli_env,
@@ -85,14 +87,21 @@ class TestRoundPartsBench:
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert set(report) == PARTS_KEYS
+        assert set(report) == PARTS_KEYS | {"cpu_s", "switches"}
         assert report["nodes"] == 300
+        assert set(report["cpu_s"]) == set(report["switches"]) == PARTS_WAYS
+        for way in PARTS_WAYS:
+            assert isinstance(report["cpu_s"][way], float), way
+            assert report["cpu_s"][way] > 0, way
+            assert isinstance(report["switches"][way], int), way
+            assert report["switches"][way] >= 0, way
         for key in PARTS_KEYS - {"nodes"}:
             assert isinstance(report[key], float), key
             assert report[key] > 0, key
         # The ratios are those of the times printed (which are rounded to the millisecond).
         ratios = {
             "threads_speedup": report["full_s"] / report["threads_s"],
+            "threads_no_writes_speedup": report["no_writes_s"] / report["threads_no_writes_s"],
             "gil_bound_vs_floor": report["python_s"] / report["floor_s"],
             "even_split_vs_floor": report["full_s"] / SHARD_CONCURRENCY / report["floor_s"],
             "threads_vs_floor": report["threads_s"] / report["floor_s"],
