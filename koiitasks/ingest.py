@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from koiitasks.clock import Schedule, SlotClock
 from koiitasks.errors import RecordError
 from koiitasks.nodes.base import Reply
-from koiitasks.protocol import RoundRequest, Signed, Submission, canonical, decode
+from koiitasks.protocol import (
+    MAX_RESULT_DEPTH,
+    RoundRequest,
+    Signed,
+    Submission,
+    canonical,
+    decode,
+    nested_deeper_than,
+)
 
 #: Room for the envelope around a result: ids, slots, nonce, signature.
 ENVELOPE_BYTES = 2048
@@ -114,7 +122,16 @@ def _refusal(reply: Reply, rules: IngestRules, received_slot: int) -> str | Sign
             f"answer is stamped slot {body.response_slot} but arrived at slot {received_slot}: "
             f"its clock is ahead by more than {rules.skew_tolerance_slots} slot(s)"
         )
-    size = len(canonical(body.result))
-    if size > rules.max_result_bytes:
-        return f"result is {size} bytes, over max_result_bytes {rules.max_result_bytes}"
-    return submission
+    return _result_problem(reply.data, body.result, rules.max_result_bytes) or submission
+
+
+def _result_problem(data: bytes, result: object, max_result_bytes: int) -> str | None:
+    """Why a well-formed answer's result cannot be stored, or None."""
+    # Counting brackets is cheap; only a reply with enough of them can nest too deeply.
+    brackets = data.count(b"[") + data.count(b"{")
+    if brackets > MAX_RESULT_DEPTH and nested_deeper_than(result, MAX_RESULT_DEPTH):
+        return f"result nests lists or dicts deeper than {MAX_RESULT_DEPTH} levels"
+    size = len(canonical(result))
+    if size > max_result_bytes:
+        return f"result is {size} bytes, over max_result_bytes {max_result_bytes}"
+    return None

@@ -37,6 +37,26 @@ _DOMAIN = b"koiitasks:v1:"
 ZERO_DIGEST = "0" * 64
 
 
+#: How deeply a node's result may nest lists and dicts. A record wraps its result a few levels
+#: deeper, and pydantic's JSON parser stops at 200 levels: a deeper result could be signed and
+#: stored, then never read back.
+MAX_RESULT_DEPTH = 100
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether lists, tuples and dicts in ``value`` nest more than ``limit`` levels deep (looked
+    at without recursion, so no depth makes it fail)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def canonical(obj: Any) -> bytes:
     """The canonical JSON encoding of ``obj``: keys sorted, no spaces, UTF-8.
 

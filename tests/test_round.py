@@ -322,16 +322,28 @@ class TestHooks:
             ),
             pytest.param('{1: "a"}', "returned a dict with the int key 1", id="int-key"),
             pytest.param('[{"a": (1,)}]', "returned a tuple", id="nested-tuple"),
+            pytest.param(
+                "functools.reduce(lambda x, _: [x], range(300), 1)",
+                "returned lists or dicts nested deeper than 100 levels",
+                id="nested-300-deep",
+            ),
+            pytest.param(
+                "functools.reduce(lambda x, _: [x], range(100_000), 1)",
+                "returned lists or dicts nested deeper than 100 levels",
+                id="nested-past-the-recursion-limit",
+            ),
         ],
     )
     def test_execute_result_json_would_change_counts_as_missing_and_says_why(
         self, tmp_path: Path, value: str, said: str, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A result JSON cannot hold as it is (a tuple, a set, a key that is not a string) costs
-        its node the round, with a warning naming what it returned, and the round goes on."""
+        """A result JSON cannot hold as it is (a tuple, a set, a key that is not a string, lists
+        nested deeper than a record can be read back with) costs its node the round, with a
+        warning naming what it returned, and the round goes on."""
         task_dir = write_task(
             tmp_path / "shape",
-            ECHO_TASK.replace(
+            "import functools\n"
+            + ECHO_TASK.replace(
                 'return {"node": ctx.node_id, "round": ctx.round}',
                 f'return {value} if ctx.node_id < "5" else '
                 '{"node": ctx.node_id, "round": ctx.round}',

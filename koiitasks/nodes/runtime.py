@@ -19,6 +19,7 @@ from koiitasks.errors import KoiiTasksError, RecordError, SignatureError
 from koiitasks.identity import Keypair
 from koiitasks.nodes.failures import report_hook_failure
 from koiitasks.protocol import (
+    MAX_RESULT_DEPTH,
     AcceptedSubmission,
     AuditReport,
     DistributionAudit,
@@ -26,6 +27,7 @@ from koiitasks.protocol import (
     RoundRequest,
     Signed,
     Submission,
+    nested_deeper_than,
     sign,
 )
 from koiitasks.task import Context, LoadedTask, NodeStore, SubmissionView
@@ -66,6 +68,8 @@ def json_problem(value: object) -> str | None:
     ``json`` would turn integer keys into strings and tuples into lists, and a lone surrogate
     cannot be encoded at all.
     """
+    if nested_deeper_than(value, MAX_RESULT_DEPTH):
+        return f"lists or dicts nested deeper than {MAX_RESULT_DEPTH} levels"
     try:
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
     except TypeError as e:  # "Object of type set is not JSON serializable"

@@ -16,7 +16,16 @@ from koiitasks.identity import Keypair
 from koiitasks.ingest import ENVELOPE_BYTES, Accepted, IngestRules, Refused, ingest
 from koiitasks.model import Phase
 from koiitasks.nodes.base import Reply
-from koiitasks.protocol import RoundRequest, Submission, canonical, decode, digest, sign
+from koiitasks.protocol import (
+    MAX_RESULT_DEPTH,
+    AcceptedSubmission,
+    RoundRequest,
+    Submission,
+    canonical,
+    decode,
+    digest,
+    sign,
+)
 
 TASK = "hash-puzzle"
 GENESIS_MS = 1_000_000
@@ -57,6 +66,14 @@ def _answer(keypair: Keypair = NODE, **changes: Any) -> bytes:
         "result": {"nonce": 41, "digest": "00ab"},
     }
     return sign(Submission(**{**fields, **changes}), keypair).encode()
+
+
+def _nested(depth: int) -> object:
+    """A result of ``depth`` lists, one inside the other."""
+    result: object = 1
+    for _ in range(depth):
+        result = [result]
+    return result
 
 
 def _forged() -> bytes:
@@ -126,6 +143,27 @@ class TestAccepted:
         assert isinstance(checked, Accepted)
         assert checked.completion_slots == checked.received_slot - REQUEST_SLOT
 
+    def test_a_result_nested_exactly_max_result_depth_deep_is_accepted(
+        self, rules: IngestRules
+    ) -> None:
+        """The nesting limit is inclusive, and what is accepted can be stored and read back."""
+        data = _answer(result={"a": _nested(MAX_RESULT_DEPTH - 1)})
+        checked = ingest(Reply(NODE.public_id, data, _ms(133)), rules)
+        assert isinstance(checked, Accepted)
+        record = sign(
+            AcceptedSubmission(
+                task_id=TASK,
+                round=ROUND,
+                node_id=NODE.public_id,
+                submission=checked.submission,
+                received_slot=checked.received_slot,
+                completion_slots=checked.completion_slots,
+                completion_ms=checked.completion_ms,
+            ),
+            STRANGER,
+        )
+        assert decode(record.encode(), AcceptedSubmission, where="t") == record
+
     def test_a_result_of_exactly_max_result_bytes_is_accepted(self, rules: IngestRules) -> None:
         """The result limit is inclusive."""
         result = "x" * (MAX_RESULT_BYTES - 2)  # two quote characters make it MAX_RESULT_BYTES
@@ -179,6 +217,13 @@ REFUSED = [
         id="body-names-another-node",
     ),
     pytest.param(_forged(), NODE, _ms(133), ["signature does not verify", "forged"], id="forged"),
+    pytest.param(
+        _answer(result={"a": _nested(MAX_RESULT_DEPTH)}),
+        NODE,
+        _ms(133),
+        [f"result nests lists or dicts deeper than {MAX_RESULT_DEPTH} levels"],
+        id="nested-too-deep-to-read-back",
+    ),
     pytest.param(
         _answer(STRANGER),
         STRANGER,
