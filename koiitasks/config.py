@@ -81,7 +81,10 @@ class TaskConfig(KoiiModel):
     )
     slot_ms: int = Field(400, gt=0, le=60_000, description="milliseconds per slot (Koii: ~400)")
     max_result_bytes: int = Field(
-        65_536, gt=0, le=16 * 1024 * 1024, description="largest result a submission may carry"
+        65_536,
+        gt=0,
+        le=16 * 1024 * 1024,
+        description="largest result a submission may carry (nested at most 100 levels deep)",
     )
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
