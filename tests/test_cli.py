@@ -91,6 +91,29 @@ class TestRun:
         assert reasons
         assert all("a negative amount -5" in line for line in reasons)
 
+    def test_a_hook_that_never_returns_does_not_keep_the_run_from_exiting(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """A hung execute hook costs its node the round; once the round is settled the command
+        exits, though the hook's thread is still sleeping (it used to wait for it forever)."""
+        task_dir = write_task(
+            tmp_path / "hangs",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                'if ctx.node_id < "5":\n        import time; time.sleep(3600)\n'
+                '    return {"node": ctx.node_id, "round": ctx.round}',
+            ),
+        )
+        proc = koiitasks(
+            "run", str(task_dir), "--nodes", "8", "--plain", "--json", env=cli_env, cwd=tmp_path
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        (settled,) = json_lines(proc.stdout)
+        hung = [n for node, n in settled["nodes"].items() if node < "5"]
+        assert hung
+        assert all(n["outcome"] == "missing" for n in hung)
+        assert "hook did not finish within" in proc.stderr
+
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path
     ) -> None:

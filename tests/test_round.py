@@ -374,6 +374,50 @@ class TestHooks:
             (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
         )
 
+    @pytest.mark.parametrize(
+        ("raised", "said"),
+        [
+            pytest.param(
+                "sys.exit(3)",
+                "called sys.exit(3) (a hook cannot end the run: raise an exception)",
+                id="sys-exit",
+            ),
+            pytest.param("raise KeyboardInterrupt", "KeyboardInterrupt", id="keyboard-interrupt"),
+        ],
+    )
+    def test_execute_hook_that_tries_to_end_the_run_counts_as_missing(
+        self, tmp_path: Path, raised: str, said: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A hook on a pool thread calling sys.exit() or raising KeyboardInterrupt fails like
+        any hook: its node is missing and the round goes on (the run used to end silently)."""
+        task_dir = write_task(
+            tmp_path / "exits",
+            "import sys\n"
+            + ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                f'if ctx.node_id < "5":\n        {raised}\n'
+                '    return {"node": ctx.node_id, "round": ctx.round}',
+            ),
+        )
+        (result,) = run_rounds(task_dir, nodes=12)
+        assert result.distribution_accepted
+        assert all(
+            (n.outcome == Outcome.MISSING) == (node < "5") for node, n in result.nodes.items()
+        )
+        assert said in caplog.text
+
+    def test_ctrl_c_in_a_hook_on_the_main_thread_still_stops_the_run(self, tmp_path: Path) -> None:
+        """With every hook on the calling thread (workers=1, for a debugger), a KeyboardInterrupt
+        there is the user's Ctrl-C and stops the run."""
+        task_dir = write_task(
+            tmp_path / "ctrl-c",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}', "raise KeyboardInterrupt"
+            ),
+        )
+        with pytest.raises(KeyboardInterrupt):
+            sandbox(task_dir, nodes=3, workers=1).run_round(0)
+
     def test_execute_hook_that_hangs_counts_as_missing(self, tmp_path: Path) -> None:
         """A node whose execute does not finish in time is missing; the round completes."""
         task_dir = write_task(

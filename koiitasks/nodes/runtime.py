@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 
 from pydantic import JsonValue
@@ -98,6 +99,22 @@ def _shape_problem(value: object) -> str | None:
     return None
 
 
+def hook_errors() -> tuple[type[BaseException], ...]:
+    """What a hook may raise that is its own failure, not the run's end: any exception,
+    ``sys.exit()``, and off the main thread ``KeyboardInterrupt`` (a real Ctrl-C reaches only
+    the main thread, where it must still stop the run)."""
+    if threading.current_thread() is threading.main_thread():
+        return (Exception, SystemExit)
+    return (Exception, SystemExit, KeyboardInterrupt)
+
+
+def failure(error: BaseException) -> str:
+    """A hook's failure in a few words."""
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r}) (a hook cannot end the run: raise an exception)"
+    return f"{type(error).__name__}: {error}"
+
+
 class NodeRuntime:
     """One node's identity, task and store."""
 
@@ -154,12 +171,11 @@ class NodeRuntime:
         assert hook is not None  # load_task refuses a task without one
         try:
             result = hook(self.context(round_number, slot_clock))
-        except Exception as e:
+        except hook_errors() as e:
             raise self._failed(
                 "execute",
                 round_number,
-                f"execute hook failed on node {self.node_id} in round {round_number}: "
-                f"{type(e).__name__}: {e}",
+                f"execute hook failed on node {self.node_id} in round {round_number}: {failure(e)}",
             ) from e
         problem = json_problem(result)
         if problem is not None:  # no traceback: it would show only the json module's frames
@@ -226,12 +242,12 @@ class NodeRuntime:
         assert hook is not None
         try:
             verdict = hook(ctx or self.context(round_number), view)
-        except Exception as e:
+        except hook_errors() as e:
             raise self._failed(
                 "audit",
                 round_number,
                 f"audit hook failed on node {self.node_id} auditing {body.node_id} "
-                f"in round {round_number}: {type(e).__name__}: {e}",
+                f"in round {round_number}: {failure(e)}",
             ) from e
         if not isinstance(verdict, bool):
             raise self._failed(
@@ -290,12 +306,12 @@ class NodeRuntime:
             return default_distribute(inputs)
         try:
             credits = hook(self.context(inputs.round), inputs.views(), inputs.bounty)
-        except Exception as e:
+        except hook_errors() as e:
             raise self._failed(
                 "distribute",
                 inputs.round,
                 f"distribute hook failed on node {self.node_id} in round {inputs.round}: "
-                f"{type(e).__name__}: {e}",
+                f"{failure(e)}",
             ) from e
         reason = check_credits(credits, inputs)
         if reason is not None and _representable(credits):

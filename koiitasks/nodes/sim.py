@@ -21,6 +21,7 @@ import collections
 import concurrent.futures as cf
 import functools
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -110,7 +111,7 @@ class HookPace:
 
 
 class SimulatedPool(NodePool):
-    """In-process nodes with behaviours, run on a bounded thread pool.
+    """In-process nodes with behaviours, their hooks on at most ``workers`` threads a call.
 
     ``workers=1`` runs every hook in the calling thread, so a breakpoint in a hook stops there.
     ``hook_timeout_s`` bounds how long a call waits for hooks; a hook still running then counts as
@@ -145,15 +146,29 @@ class SimulatedPool(NodePool):
         # On the wall clock (a deployed sandbox) a node stamps its answer with the live slot, as
         # a real node does when it answers; only ``late`` nodes still claim a drawn late slot.
         self.live = live
-        self._executor = (
-            cf.ThreadPoolExecutor(self.workers, thread_name_prefix="koii-node")
-            if self.workers > 1
-            else None
-        )
+        self._jobs = itertools.count(1)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        """Nothing to stop: each job's thread ends with its call (or with its hung hook)."""
+
+    def _start(self, job: Callable[[], None]) -> cf.Future[None]:
+        """Run ``job`` on a daemon thread of its own. A pool's threads are joined when Python
+        exits, so a hook that never returns kept the process alive after its round had long
+        counted the node as missing; a daemon thread does not."""
+        future: cf.Future[None] = cf.Future()
+
+        def run() -> None:
+            future.set_running_or_notify_cancel()
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
+                future.set_exception(e)
+            else:
+                future.set_result(None)
+
+        name = f"koii-node-{next(self._jobs)}"
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return future
 
     def behaviour(self, node_id: str) -> str:
         return self.behaviours.get(node_id, HONEST)
@@ -186,7 +201,7 @@ class SimulatedPool(NodePool):
                 self.failures(e)
                 return self._reply(node_id, None, str(e))
 
-        if self._executor is None or not calls:
+        if self.workers == 1 or not calls:
             return [guarded(node_id, call) for node_id, call in calls.items()]
         queue = collections.deque(calls.items())
         replies: dict[str, Reply] = {}
@@ -203,21 +218,18 @@ class SimulatedPool(NodePool):
                 replies[node_id] = guarded(node_id, call)  # one dict store: atomic
                 pace.done(started)
 
-        executor = self._executor
         limit = min(self.workers, len(calls))
-        jobs = [executor.submit(drain)]
+        jobs = [self._start(drain)]
         while (remaining := deadline - time.monotonic()) > 0:
             growing = len(jobs) < limit and bool(queue)
             _, pending = cf.wait(jobs, timeout=min(remaining, PROBE_S) if growing else remaining)
             if not pending:
                 break
             if growing and pace.waiting():
-                jobs.append(executor.submit(drain))
-        for job in jobs:
-            job.cancel()
+                jobs.append(self._start(drain))
         queue.clear()  # a job still in a hung hook takes no other node afterwards
         for job in jobs:
-            if job.done() and not job.cancelled() and (error := job.exception()) is not None:
+            if job.done() and (error := job.exception()) is not None:
                 raise error  # not a hook's failure (those are replies): a bug to see
         answered = dict(replies)  # one copy: a hook finishing after it is too late
         late = [node_id for node_id in calls if node_id not in answered]
