@@ -114,6 +114,26 @@ class TestRun:
         assert all(n["outcome"] == "missing" for n in hung)
         assert "hook did not finish within" in proc.stderr
 
+    def test_json_output_stays_json_when_hooks_print(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """With --json, what a task's hooks print goes to stderr: stdout holds one JSON object
+        per round and nothing else, so `--json | jq` keeps working."""
+        task_dir = write_task(
+            tmp_path / "chatty",
+            ECHO_TASK.replace(
+                'return {"node": ctx.node_id, "round": ctx.round}',
+                'print("HELLO from", ctx.node_id)\n'
+                '    return {"node": ctx.node_id, "round": ctx.round}',
+            ),
+        )
+        proc = koiitasks(
+            "run", str(task_dir), "--nodes", "4", "--rounds", "2", "--plain", "--json",
+            env=cli_env, cwd=tmp_path, check=True,
+        )  # fmt: skip
+        assert [r["round"] for r in json_lines(proc.stdout)] == [0, 1]
+        assert "HELLO from" in proc.stderr
+
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path
     ) -> None:
@@ -237,6 +257,9 @@ class TestBadInput:
                 ["run", str(HASH_PUZZLE), "--store", "ftp://x"],
                 "unknown store URL",
                 id="bad-store-url",
+            ),
+            pytest.param(
+                ["run", "no:-1:such"], "no:-1:such does not exist", id="emoji-code-in-a-path"
             ),
         ],
     )

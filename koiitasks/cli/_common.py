@@ -6,9 +6,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -17,8 +17,9 @@ from koiitasks.errors import ConfigError
 from koiitasks.settings import load_settings
 from koiitasks.storage import Store, open_store
 
-err = Console(stderr=True)
-out = Console()
+# No emoji codes: user text such as a path "x:-1:y" must print as written, not as 👎.
+err = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 StoreOption = Annotated[
     str | None,
@@ -34,6 +35,18 @@ TaskOption = Annotated[
     str | None,
     typer.Option("--task", help="Task id or task folder (default: the store's only task)."),
 ]
+
+
+@contextmanager
+def json_stdout(json_out: bool) -> Iterator[TextIO]:
+    """Where a command prints its JSON. With --json, anything else written to stdout meanwhile
+    (a task's hook calling print()) goes to stderr, so `--json | jq` reads JSON only."""
+    stdout = sys.stdout
+    if not json_out:
+        yield stdout
+        return
+    with redirect_stdout(sys.stderr):
+        yield stdout
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from koiitasks.cli._common import (
     JsonOption,
     StoreOption,
     TaskOption,
+    json_stdout,
     open_store_at,
     out,
     replay_progress,
@@ -122,7 +123,10 @@ def ledger_verify(
         report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
         checked, head_hash = report.records_checked, None
     else:
-        with replay_progress(f"verifying {task_id}", shown=not json_out) as progress:
+        with (
+            json_stdout(json_out),  # the distribute hook may print
+            replay_progress(f"verifying {task_id}", shown=not json_out) as progress,
+        ):
             verified = verify_task(
                 the_store, task_id, orchestrator=orchestrator, head=head, progress=progress
             )

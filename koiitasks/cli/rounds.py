@@ -12,6 +12,7 @@ from koiitasks.cli._common import (
     StoreOption,
     TaskOption,
     is_folder,
+    json_stdout,
     open_store_at,
     out,
     resolve_task,
@@ -51,13 +52,14 @@ def rounds_replay(
     replayer = Replayer(open_store_at(url), task_id, task=loaded)
     rounds = None if round_number is None else [round_number]
     mismatched = 0
-    for result in replayer.replay_all(rounds):
-        mismatched += not result.matches
-        if json_out:
-            print(json.dumps(result.to_json()), flush=True)
-            continue
-        out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
-        for difference in result.differences:
-            out.print(f"  - {difference}", markup=False, highlight=False, soft_wrap=True)
+    with json_stdout(json_out) as stdout:  # the distribute hook may print
+        for result in replayer.replay_all(rounds):
+            mismatched += not result.matches
+            if json_out:
+                print(json.dumps(result.to_json()), file=stdout, flush=True)
+                continue
+            out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
+            for difference in result.differences:
+                out.print(f"  - {difference}", markup=False, highlight=False, soft_wrap=True)
     if mismatched:
         raise typer.Exit(1)

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from koiitasks.cli._common import JsonOption, StoreOption, err, out, setup_logging, store_url
+from koiitasks.cli._common import (
+    JsonOption,
+    StoreOption,
+    err,
+    json_stdout,
+    out,
+    setup_logging,
+    store_url,
+)
 from koiitasks.cli._dask import dask_options, dask_round_runner
 from koiitasks.settings import load_settings
 
@@ -153,20 +161,24 @@ def run(
     show_progress = not json_out and err.is_interactive and workers > 1
     from rich.progress import Progress  # noqa: PLC0415
 
-    with stack, Progress(console=err, transient=True, disable=not show_progress) as progress:
+    with (
+        stack,
+        json_stdout(json_out) as stdout,
+        Progress(console=err, transient=True, disable=not show_progress) as progress,
+    ):
         bar = progress.add_task(f"{sandbox.loaded.task_id}", total=len(plan))
         for number in plan:
             progress.update(bar, description=f"{sandbox.loaded.task_id} round {number}")
             result = runner(number)
             progress.advance(bar)
             if json_out:
-                print(result.model_dump_json(), flush=True)
+                print(result.model_dump_json(), file=stdout, flush=True)
             else:
                 out.print(result.report(), markup=False, highlight=False, soft_wrap=True)
             if traced is not None:
                 path = trace_node(sandbox.store, sandbox.loaded.task_id, number, traced)
                 if json_out:  # one line per record, "kind": "trace", after the round's line
-                    print("\n".join(path.json_lines()), flush=True)
+                    print("\n".join(path.json_lines()), file=stdout, flush=True)
                 else:
                     out.print(
                         "\n".join(path.lines()), markup=False, highlight=False, soft_wrap=True
