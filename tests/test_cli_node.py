@@ -119,6 +119,17 @@ class TestBadArguments:
                 "is not a base58 ed25519 public key",
                 id="serve-orchestrator-not-a-key",
             ),
+            *(
+                pytest.param(
+                    ["node", "serve", str(HASH_PUZZLE), "--key", "k.json", "--port", port],
+                    f"Invalid value for '--port': Input should be {bound}",
+                    id=f"serve-port-{port}",
+                )
+                for port, bound in (
+                    ("65536", "less than or equal to 65535"),
+                    ("-1", "greater than or equal to 0"),
+                )
+            ),
             pytest.param(
                 ["run", str(HASH_PUZZLE), "--remote"],
                 "--remote needs the orchestrator's key",

@@ -61,7 +61,9 @@ def serve(
         typer.Option(help="Serve every key file (*.json) in this folder (benchmarks)."),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8000,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on; 0 picks a free one.", min=0, max=65535)
+    ] = 8000,
     skew_tolerance_slots: Annotated[
         int,
         typer.Option(help="Slots this node's clock may differ from the orchestrator's.", min=0),
