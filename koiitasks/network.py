@@ -124,6 +124,7 @@ def open_sandbox_network(
         _check_config(record.body, loaded, store.url)
         spec = existing
     else:
+        _check_not_orphaned(store, layout)
         nodes = 10 if nodes is None else nodes
         if nodes < 2:
             raise ConfigError("--nodes must be at least 2 (audits need another node)")
@@ -176,6 +177,21 @@ def open_sandbox_network(
     return Network(record=record, nodes=registrations, keys=by_id, orchestrator_key=orchestrator)
 
 
+def _check_not_orphaned(store: Store, layout: Layout) -> None:
+    """Refuse to start a task afresh where the store holds its rounds or ledger: its
+    ``task.json`` was deleted or lost, and a new one (another orchestrator, other nodes) would
+    leave every stored record failing to verify. Node registrations alone do not count: they
+    are written before ``task.json``, and remote nodes may register before the first round."""
+    held = sorted({"ledger", "rounds"} & set(store.children(layout.root)))
+    if held:
+        raise RecordError(
+            f"{layout.task} is missing from {store.url}, which holds task "
+            f"{layout.task_id!r}'s {' and '.join(held)}",
+            hint="restore task.json from a backup (nothing was written), or give another "
+            "--store for a new network",
+        )
+
+
 def load_network(store: Store, task_id: str, *, orchestrator: str | None = None) -> Network:
     """The task record and registry as stored, every signature checked."""
     layout = Layout(task_id)
@@ -219,6 +235,7 @@ def open_remote_network(
     layout = Layout(loaded.task_id)
     raw = store.read_or_none(layout.task)
     if raw is None:
+        _check_not_orphaned(store, layout)
         slot_ms = loaded.config.slot_ms
         record = sign(
             TaskRecord(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from koiitasks.errors import ConfigError, RecordNotFound
+from koiitasks.errors import ConfigError, RecordError, RecordNotFound
 from koiitasks.network import (
     MAX_SANDBOX_NODES,
     load_network,
     open_sandbox_network,
     parse_adversaries,
 )
+from koiitasks.sandbox import open_sandbox
+from koiitasks.storage import FileStore, Layout
 from koiitasks.task import load_task
 from koiitasks.testing import memory_store
 from tests.conftest import HASH_PUZZLE
@@ -72,3 +76,39 @@ class TestLoadNetwork:
         with pytest.raises(RecordNotFound, match="no task 'nope' in memory://") as caught:
             load_network(store, "nope")
         assert caught.value.exit_code == 2
+
+
+class TestLostTaskRecord:
+    """A store that holds a task's rounds but no longer its ``task.json``."""
+
+    def test_a_sandbox_run_refuses_to_start_the_task_afresh_and_writes_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        """With task.json deleted, a new network (another orchestrator, other node keys) would
+        make every stored record fail to verify: the run is refused, naming the file, and the
+        store is left as it was."""
+        store = FileStore(tmp_path / "store")
+        box = open_sandbox(HASH_PUZZLE, store=str(tmp_path / "store"), nodes=4, seed=1)
+        box.run_round(0)
+        box.close()
+        layout = Layout(box.loaded.task_id)
+        (tmp_path / "store" / layout.task).unlink()
+        before = store.list()
+        with pytest.raises(RecordError, match=r"task\.json is missing from") as caught:
+            open_sandbox_network(store, load_task(HASH_PUZZLE), nodes=10, seed=2, adversaries=None)
+        assert "ledger and rounds" in caught.value.message
+        assert "restore task.json" in (caught.value.hint or "")
+        assert store.list() == before
+
+    def test_node_registrations_alone_do_not_stop_a_new_network(self) -> None:
+        """Nodes are registered before task.json is written: a run stopped between the two
+        makes the same network again."""
+        store = memory_store()
+        loaded = load_task(HASH_PUZZLE)
+        layout = Layout(loaded.task_id)
+        first = open_sandbox_network(store, loaded, nodes=4, seed=1, adversaries=None)
+        kept = {key: store.read(key) for key in store.list() if key != layout.task}
+        again = memory_store()
+        again.create_many(list(kept.items()))
+        second = open_sandbox_network(again, loaded, nodes=4, seed=1, adversaries=None)
+        assert second.record.body.orchestrator == first.record.body.orchestrator
