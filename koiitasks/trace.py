@@ -146,6 +146,15 @@ def trace_node(store: Store, task_id: str, round_number: int, node_id: str) -> N
     ]
     request_key = f"{layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
     request = read.one(request_key, RoundRequest)
+    if request is None and not store.children(layout.round(round_number)):
+        names = store.children(layout.ledger)  # 0000000007.json: round 7 settled
+        settled = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
+        last = f"the last settled is round {max(settled)}" if settled else ""
+        raise ConfigError(
+            f"round {round_number} of task {task_id!r} never ran in {store.url}"
+            + (f" ({last})" if last else " (no round has settled yet)"),
+            hint="trace a round that ran: leave out --round for the last settled one",
+        )
     if request is not None:
         body: RoundRequest = request.body  # type: ignore[assignment]
         events.append(

@@ -107,6 +107,14 @@ class TestTraceNode:
             assert isinstance(vote, dict)
             assert vote["valid"] is (kinds[str(vote["submitter"])] == "lazy")
 
+    def test_a_round_that_never_ran_is_an_error_not_an_empty_trace(self, ran: Sandbox) -> None:
+        """Tracing a round with no record at all says so, with the last settled round, rather
+        than explaining the node as missing."""
+        node = resolve_node(ran.network.behaviours(), "honest")
+        with pytest.raises(ConfigError, match=r"round 99 of task .* never ran") as caught:
+            trace_node(ran.store, ran.loaded.task_id, 99, node)
+        assert "the last settled is round 1" in caught.value.message
+
     def test_text_and_json_lines_carry_every_record(self, ran: Sandbox) -> None:
         """lines() has a heading and one line per record; json_lines() one object per record,
         each marked as a trace of this node and round."""
