@@ -73,6 +73,15 @@ class TestRun:
         assert "koiitasks ledger verify" in lines[-1]
         assert "Traceback" not in proc.stderr
 
+    def test_a_store_that_ends_with_the_run_gets_no_hint_to_check_it_later(self) -> None:
+        """After a run on memory:// the closing line gives the ledger's totals but no
+        `ledger verify --store memory://...` command, which could never find it."""
+        ran = invoke("run", str(HASH_PUZZLE), "--nodes", "3", "--plain", "--store", "memory://x")
+        assert ran.exit_code == 0, ran.stderr
+        last = ran.stdout.splitlines()[-1]
+        assert last.startswith("ledger: 1 settled rounds")
+        assert "ledger verify" not in last
+
     def test_a_round_that_paid_nobody_says_why_each_list_was_refused(self, tmp_path: Path) -> None:
         """When every distribution list is refused, the round's line is followed by one line
         per attempt saying why, so "nobody paid" is never left unexplained."""
@@ -260,6 +269,11 @@ class TestBadInput:
             ),
             pytest.param(
                 ["run", "no:-1:such"], "no:-1:such does not exist", id="emoji-code-in-a-path"
+            ),
+            pytest.param(
+                ["run", str(HASH_PUZZLE), "--store", "file://"],
+                "store URL 'file://' names no folder",
+                id="file-url-without-a-path",
             ),
         ],
     )

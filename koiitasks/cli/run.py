@@ -185,10 +185,13 @@ def run(
                     )
     if not json_out:
         ledger = sandbox.engine.ledger
+        # A memory:// or moto:// store ends with this process: no later command can check it.
+        in_process = url.startswith(("memory://", "moto://"))
+        check = "" if in_process else f" Check it: koiitasks ledger verify --store {url}"
         out.print(
             f"ledger: {len(ledger.entries)} settled rounds, {ledger.total_credited:,} of "
             f"{sandbox.loaded.config.total_bounty_amount:,} credited, "
-            f"{ledger.total_slashed:,} slashed. Check it: koiitasks ledger verify --store {url}",
+            f"{ledger.total_slashed:,} slashed.{check}",
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -37,6 +37,11 @@ def open_store(url: str | None = None, *, s3_endpoint_url: str | None = None) ->
     if not sep:
         return FileStore(Path(url))
     if scheme == "file":
+        if not rest:
+            raise ConfigError(
+                f"store URL {url!r} names no folder",
+                hint="give one: file:///abs/path, file://relative/path, or just the path",
+            )
         return FileStore(Path(rest))
     if scheme == "memory":
         with _memory_lock:
