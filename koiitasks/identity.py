@@ -136,8 +136,12 @@ def save_key(keypair: Keypair, path: Path) -> None:
             hint="choose another --out path; key files are never overwritten",
         ) from e
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        folder = "" if path.parent.is_dir() else f"; folder {path.parent} does not exist"
         raise KeyFileError(
-            f"cannot create key file {path!r}: {getattr(e, 'strerror', None) or e}"
+            f"cannot create key file {str(path)!r}: {getattr(e, 'strerror', None) or e}{folder}",
+            hint=f"create the folder first (`mkdir -p {path.parent}`) or choose another --out"
+            if folder
+            else "choose a path in a folder you can write to",
         ) from e
     with os.fdopen(fd, "wb") as f:
         f.write(body)
@@ -178,7 +182,12 @@ def load_key(path: Path) -> Keypair:
     try:
         doc = json.loads(raw)
         keypair = Keypair(SigningKey(decode_b58(doc["secret"])))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except KeyError as e:
+        raise KeyFileError(
+            f"key file {path} is malformed: it has no {e.args[0]!r} field",
+            hint="key files are written by `koiitasks node keygen`; make a new one",
+        ) from e
+    except (ValueError, TypeError, AttributeError) as e:
         raise KeyFileError(f"key file {path} is malformed: {e}") from e
     if doc.get("kind") != _KEY_FILE_KIND:
         raise KeyFileError(f"key file {path} is not a koiitasks key file")

@@ -151,11 +151,14 @@ class TestSaveKey:
         assert load_key(path).public_id == ALICE.public_id
 
     def test_reports_a_folder_that_does_not_exist(self, tmp_path: Path) -> None:
-        """Saving into a missing folder is a KeyFileError naming the path."""
+        """Saving into a missing folder is a KeyFileError naming the path as the user wrote it
+        and the missing folder, with the command that makes it."""
         path = tmp_path / "missing" / "node.json"
         with pytest.raises(KeyFileError, match="cannot create key file") as caught:
             save_key(ALICE, path)
-        assert str(path) in str(caught.value)
+        assert f"cannot create key file {str(path)!r}: " in caught.value.message
+        assert f"folder {path.parent} does not exist" in caught.value.message
+        assert f"mkdir -p {path.parent}" in (caught.value.hint or "")
 
 
 class TestLoadKey:
@@ -208,6 +211,14 @@ class TestLoadKey:
         with pytest.raises(KeyFileError, match="is malformed") as caught:
             load_key(path)
         assert str(path) in str(caught.value)
+
+    def test_a_missing_field_is_named(self, tmp_path: Path) -> None:
+        """JSON without the secret says which field is missing (not a bare 'secret')."""
+        path = _write_key_file(tmp_path / "node.json", b'{"x": 1}')
+        with pytest.raises(KeyFileError) as caught:
+            load_key(path)
+        assert caught.value.message.endswith("is malformed: it has no 'secret' field")
+        assert "koiitasks node keygen" in (caught.value.hint or "")
 
     def test_refuses_a_file_of_another_kind(self, tmp_path: Path) -> None:
         """A JSON file with a valid secret but another kind is not taken for a key file."""
