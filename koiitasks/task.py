@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import sys
 import threading
@@ -118,30 +119,44 @@ class Task:
     routes_hook: Callable[[Any], None] | None = None
     _setup_done: bool = field(default=False, repr=False)
     _setup_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: What is wrong with the registrations, for :func:`load_task` to report with the file.
+    problems: list[str] = field(default_factory=list, repr=False)
 
     def execute(self, fn: F) -> F:
         """Register the hook every node runs each round; it returns the node's result."""
-        self.execute_hook = fn
-        return fn
+        return self._register("execute", fn)
 
     def audit(self, fn: F) -> F:
         """Register the hook auditors run on a submission; True when it is valid."""
-        self.audit_hook = fn
-        return fn
+        return self._register("audit", fn)
 
     def distribute(self, fn: F) -> F:
         """Register the hook that splits a round's bounty among approved nodes."""
-        self.distribute_hook = fn
-        return fn
+        return self._register("distribute", fn)
 
     def setup(self, fn: F) -> F:
         """Register a hook run once per process before the first round."""
-        self.setup_hook = fn
-        return fn
+        return self._register("setup", fn)
 
     def routes(self, fn: F) -> F:
         """Register a hook that adds the task's own HTTP routes to a node's app."""
-        self.routes_hook = fn
+        return self._register("routes", fn)
+
+    def _register(self, kind: str, fn: F) -> F:
+        """Set the ``kind`` hook, noting a second one (only the last would run) and an
+        ``async def`` (koiitasks calls hooks from threads and would get a coroutine back)."""
+        before = getattr(self, f"{kind}_hook")
+        if before is not None:
+            self.problems.append(
+                f"@task.{kind} decorates both {_where(before)} and {_where(fn)}: "
+                "a task has one hook of each kind"
+            )
+        if inspect.iscoroutinefunction(fn):
+            self.problems.append(
+                f"@task.{kind} decorates async def {_where(fn)}: hooks are plain `def` "
+                "functions (use asyncio.run inside one to await something)"
+            )
+        setattr(self, f"{kind}_hook", fn)
         return fn
 
     def ensure_setup(self) -> None:
@@ -186,6 +201,13 @@ def load_task(directory: Path | str) -> LoadedTask:
         return loaded
 
 
+def _where(fn: Callable[..., Any]) -> str:
+    """A function's name and the line it starts on."""
+    code = getattr(fn, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(fn, '__name__', repr(fn))}{line}"
+
+
 def _describe_import_error(error: BaseException) -> str:
     """The error and where in the task's own code it happened."""
     if isinstance(error, SyntaxError):
@@ -228,6 +250,11 @@ def _load_uncached(directory: Path) -> LoadedTask:
         raise TaskLoadError(
             f"{path}: defines no module-level `task = koiitasks.Task()`",
             hint="add `from koiitasks import Task` and `task = Task()` at the top of task.py",
+        )
+    if task.problems:
+        raise TaskLoadError(
+            f"{path}: {task.problems[0]}",
+            hint="keep one decorated plain `def` per hook kind",
         )
     missing = [name for name in ("execute", "audit") if getattr(task, f"{name}_hook") is None]
     if missing:

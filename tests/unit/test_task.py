@@ -160,6 +160,16 @@ class TestLoadTask:
             pytest.param(HOOKS + AUDIT, ["registers no execute hook"], id="no-execute-hook"),
             pytest.param(HOOKS + EXECUTE, ["registers no audit hook"], id="no-audit-hook"),
             pytest.param(HOOKS, ["registers no execute and no audit hook"], id="no-hooks"),
+            pytest.param(
+                HOOKS + EXECUTE + AUDIT + EXECUTE.replace("def execute", "def again"),
+                ["@task.execute decorates both execute (line 5) and again (line 13)"],
+                id="two-execute-hooks",
+            ),
+            pytest.param(
+                HOOKS + EXECUTE.replace("def execute", "async def execute") + AUDIT,
+                ["@task.execute decorates async def execute (line 5)", "plain `def`"],
+                id="async-hook",
+            ),
         ],
     )
     def test_an_unusable_task_py_is_a_task_load_error(
