@@ -40,6 +40,13 @@ def check_key(key: str) -> str:
     raise InvalidKey(f"invalid storage key {key!r}")  # pragma: no cover - _KEY covers it
 
 
+def is_key(name: str) -> bool:
+    """Whether ``name`` is a key :func:`check_key` accepts. Listings skip anything else: files
+    or objects other tools left (an editor's ``entry.json~``, ``copy of x.json``) are not
+    records, and every backend lists the same keys."""
+    return 0 < len(name) <= MAX_KEY_LENGTH and _KEY.fullmatch(name) is not None
+
+
 def check_prefix(prefix: str) -> str:
     """Return ``prefix`` if it is empty or a key followed by ``/``."""
     if prefix:

@@ -20,7 +20,7 @@ from koiitasks.errors import StorageUnavailable
 # The write and read paths use os and str paths, not pathlib: at tens of thousands of records a
 # round, pathlib's object per call was a measured share of a round's time (docs/performance.md).
 # ruff: noqa: PTH103, PTH108, PTH118, PTH120, PTH123
-from koiitasks.storage.base import Store, check_key, check_prefix
+from koiitasks.storage.base import Store, check_key, check_prefix, is_key
 
 _TMP_PREFIX = ".tmp-"
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -153,7 +153,7 @@ class FileStore(Store):
         check_prefix(prefix)
         folder = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
-            return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+            return sorted(p.name for p in folder.iterdir() if is_key(p.name))
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as e:
@@ -172,7 +172,7 @@ class FileStore(Store):
                 base = "" if rel == "." else rel + "/"
                 for name in filenames:
                     key = base + name
-                    if not name.startswith(".") and key.startswith(prefix):
+                    if key.startswith(prefix) and is_key(key):  # no dot-file is a key
                         yield key
         except OSError as e:
             raise StorageUnavailable(f"cannot list {prefix!r} in {self.url}: {e}") from e

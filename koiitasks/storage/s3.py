@@ -38,7 +38,7 @@ from koiitasks.storage._s3_errors import (
     error_code,
     translate,
 )
-from koiitasks.storage.base import Store, check_key, check_prefix
+from koiitasks.storage.base import Store, check_key, check_prefix, is_key
 
 #: Conditional puts in flight at once in one create_many (the client's pool holds as many).
 _BATCH_THREADS = 16
@@ -223,7 +223,7 @@ class S3Store(Store):
                 for item in page.get("Contents", []):
                     key = item["Key"][strip:]
                     # Objects other tools left (folder markers, probes) are not records.
-                    if _is_key(key):
+                    if is_key(key):
                         yield key
 
     def create_many(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
@@ -251,7 +251,7 @@ class S3Store(Store):
                     p["Prefix"][start:].rstrip("/") for p in page.get("CommonPrefixes", [])
                 )
                 names.update(item["Key"][start:] for item in page.get("Contents", []))
-        return sorted(n for n in names if n and _is_key(n))
+        return sorted(n for n in names if n and is_key(n))
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
@@ -262,14 +262,6 @@ class S3Store(Store):
 
     def close(self) -> None:
         self._client.close()
-
-
-def _is_key(key: str) -> bool:
-    try:
-        check_key(key)
-    except InvalidKey:
-        return False
-    return True
 
 
 def open_s3_store(url: str, endpoint_url: str | None = None, **client_options: Any) -> S3Store:

@@ -69,3 +69,24 @@ class TestFileStoreCrashSafety:
         assert store.create(KEY, b"paid") is True
         assert store.read(KEY) == b"paid"
         assert store.list() == [KEY]
+
+
+class TestFilesOtherToolsLeft:
+    """Files in a store folder that koiitasks did not write."""
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            pytest.param("0000000001.json~", id="editor-backup"),
+            pytest.param("copy of 0000000001.json", id="file-manager-copy"),
+            pytest.param(".0000000001.json.swp", id="hidden-swap-file"),
+        ],
+    )
+    def test_a_name_that_is_no_key_is_not_listed(self, tmp_path: Path, name: str) -> None:
+        """A file whose name no key can have is not a record: listings skip it, as the S3 store
+        skips objects other tools left, so one stray file does not stop every command."""
+        store = FileStore(tmp_path)
+        store.create("tasks/t/ledger/0000000001.json", b"entry")
+        (tmp_path / "tasks" / "t" / "ledger" / name).write_bytes(b"entry")
+        assert store.list("tasks/t/ledger/") == ["tasks/t/ledger/0000000001.json"]
+        assert store.children("tasks/t/ledger/") == ["0000000001.json"]
