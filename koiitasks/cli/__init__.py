@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import typer
 from rich.markup import escape
@@ -37,6 +38,22 @@ app.add_typer(storage.app, name="storage")
 app.add_typer(node.app, name="node")
 
 
+INTERRUPTED = "interrupted: records written so far are kept; run again to finish"
+
+
+def _after_interrupt(error: BaseException) -> bool:
+    """Whether ``error`` was raised while handling a Ctrl-C: Prefect's engine reports the
+    interrupted flow run to its API, and Ctrl-C stops Prefect's temporary server too."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def main() -> None:
     """Entry point: run the app and turn errors into messages and exit codes."""
     debug = os.environ.get("KOII_DEBUG") == "1"
@@ -59,20 +76,25 @@ def main() -> None:
         else:
             err.print(f"error: {e.format_message()}", markup=False, highlight=False)
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        err.print("interrupted: records written so far are kept; run again to finish")
+    except (typer.Abort, KeyboardInterrupt):  # click turns a Ctrl-C into Abort
+        err.print(INTERRUPTED)
         sys.exit(130)
     except Exception as e:
         if debug:
             raise
-        err.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}\n"
-            "  this is a bug in koiitasks; rerun with KOII_DEBUG=1 for the traceback and report it",
-            highlight=False,
-        )
-        sys.exit(70)
+        _unexpected(e)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _unexpected(error: Exception) -> NoReturn:
+    """Exit on an error no command turned into a message: a bug, unless a Ctrl-C caused it."""
+    if _after_interrupt(error):  # Prefect failed to report the Ctrl-C to a server it stopped
+        err.print(INTERRUPTED)
+        sys.exit(130)
+    err.print(
+        f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))}\n"
+        "  this is a bug in koiitasks; rerun with KOII_DEBUG=1 for the traceback and report it",
+        highlight=False,
+    )
+    sys.exit(70)

@@ -54,6 +54,60 @@ class TestMain:
         assert capsys.readouterr().out == "fine\n"
 
 
+@pytest.fixture
+def failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app whose `interrupted` command fails as Prefect does when it cannot report a Ctrl-C
+    (a connection error raised while handling KeyboardInterrupt), and whose `broken` command
+    raises an error nothing caused."""
+    app = typer.Typer()
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    @app.command()
+    def interrupted() -> None:
+        try:
+            ctrl_c()
+        except KeyboardInterrupt:
+            raise ConnectionRefusedError(111, "Connection refused")  # noqa: B904 - as Prefect
+
+    @app.command()
+    def broken() -> None:
+        raise ValueError("unexpected")
+
+    monkeypatch.setattr(cli, "app", app)
+
+
+class TestUnexpectedErrors:
+    """Errors no command turned into a message."""
+
+    @pytest.mark.usefixtures("failing")
+    def test_an_error_while_handling_ctrl_c_is_an_interruption(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A failure raised while a Ctrl-C was being handled (Prefect reporting the crash to the
+        temporary server the same Ctrl-C stopped) ends as an interruption, exit 130, not as
+        an internal error."""
+        monkeypatch.setattr(sys, "argv", ["koiitasks", "interrupted"])
+        with pytest.raises(SystemExit) as ended:
+            cli.main()
+        assert ended.value.code == 130
+        said = capsys.readouterr().err
+        assert "interrupted: records written so far are kept" in said
+        assert "internal error" not in said
+
+    @pytest.mark.usefixtures("failing")
+    def test_any_other_unexpected_error_is_an_internal_error(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without a Ctrl-C behind it, an unexpected error is reported as a bug, exit 70."""
+        monkeypatch.setattr(sys, "argv", ["koiitasks", "broken"])
+        with pytest.raises(SystemExit) as ended:
+            cli.main()
+        assert ended.value.code == 70
+        assert "internal error: ValueError: unexpected" in capsys.readouterr().err
+
+
 class TestResolveTask:
     """What `--task` names: a task folder, or a task id in the store."""
 
