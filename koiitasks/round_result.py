@@ -17,6 +17,10 @@ class NodeResult(KoiiModel):
     reason: str = ""
 
 
+#: Refusal reasons a round's report lists before it sums up the rest.
+REASONS_LISTED = 5
+
+
 class RoundResult(KoiiModel):
     """One settled round. ``koiitasks run --json`` prints one of these per line."""
 
@@ -60,9 +64,23 @@ class RoundResult(KoiiModel):
         return line + f"; ledger #{self.sequence} {self.ledger_hash[:12]}"
 
     def report(self) -> str:
-        """:meth:`summary`, and under it, when nobody was paid, why each distribution list was
-        refused (one ``  - attempt N by NODE: ...`` line each)."""
+        """:meth:`summary`, and under it why answers were refused (one ``  - N refused: ...``
+        line a reason, the commonest first, at most :data:`REASONS_LISTED`) and, when nobody
+        was paid, why each distribution list was refused (``  - attempt N by NODE: ...``)."""
         lines = [self.summary()]
+        if not self.already_settled:
+            lines += self._refusals()
         if not (self.distribution_accepted or self.already_settled):
             lines += [f"  - {reason}" for reason in self.reasons]
         return "\n".join(lines)
+
+    def _refusals(self) -> list[str]:
+        why = Counter(n.reason for n in self.nodes.values() if n.outcome == Outcome.REFUSED)
+        common = why.most_common()
+        lines = [f"  - {count} refused: {reason}" for reason, count in common[:REASONS_LISTED]]
+        if rest := common[REASONS_LISTED:]:
+            lines.append(
+                f"  - {sum(count for _, count in rest)} refused for {len(rest)} other reasons "
+                "(koiitasks trace NODE shows each)"
+            )
+        return lines

@@ -73,6 +73,21 @@ class TestRun:
         assert "koiitasks ledger verify" in lines[-1]
         assert "Traceback" not in proc.stderr
 
+    def test_each_round_says_why_answers_were_refused(self) -> None:
+        """Under a round's line, one line per refusal reason, so "2 refused" is never left
+        unexplained (the reasons used to be only in --json and `koiitasks trace`)."""
+        ran = invoke(
+            "run", str(HASH_PUZZLE), "--nodes", "6", "--plain", "--store", "memory://refusals",
+            "--adversary", "forger=1", "--adversary", "late=1",
+        )  # fmt: skip
+        assert ran.exit_code == 0, ran.stderr
+        lines = ran.stdout.splitlines()
+        assert "2 refused" in lines[0]
+        forged = "  - 1 refused: signature does not verify with the node's registered key (forged)"
+        assert forged in lines[1:3]
+        assert any(line.startswith("  - 1 refused: ") and "(late)" in line for line in lines[1:3])
+        assert lines[3].startswith("ledger: ")
+
     def test_a_store_that_ends_with_the_run_gets_no_hint_to_check_it_later(self) -> None:
         """After a run on memory:// the closing line gives the ledger's totals but no
         `ledger verify --store memory://...` command, which could never find it."""
