@@ -57,6 +57,21 @@ def slugify(name: str) -> str:
     return slug or "task"
 
 
+def _number_in_text(value: str) -> str:
+    """What to say of a number field YAML read as text."""
+    try:
+        number = float(value)
+    except ValueError:
+        return "must be a number, not a string (remove the quotes)"
+    if "e" in value.lower() and number.is_integer():
+        whole = int(number)
+        return (
+            f"YAML reads {value} as text, not a number: write it out, {whole} "
+            f"(or {whole:_} with underscores)"
+        )
+    return "must be a number, not a string (remove the quotes)"
+
+
 class TaskConfig(KoiiModel):
     """The validated contents of ``config-task.yml``."""
 
@@ -108,7 +123,7 @@ class TaskConfig(KoiiModel):
         if isinstance(value, bool):
             raise ValueError("must be a number, not true or false")  # noqa: TRY004 - pydantic
         if isinstance(value, str):  # reports ValueError as a validation error; TypeError escapes
-            raise ValueError("must be a number, not a string (remove the quotes)")  # noqa: TRY004
+            raise ValueError(_number_in_text(value))  # noqa: TRY004 - pydantic, as above
         if info.field_name != "slash_fraction" and isinstance(value, float):
             if not value.is_integer():
                 raise ValueError(

@@ -56,6 +56,14 @@ MALFORMED = [
         _yaml(round_time="ten"), ["field 'round_time'", "not a string", "'ten'"], id="string"
     ),
     pytest.param(
+        _yaml().replace("bounty_amount_per_round: 1000000000", "bounty_amount_per_round: 1e9"),
+        [
+            "field 'bounty_amount_per_round'",
+            "YAML reads 1e9 as text, not a number: write it out, 1000000000 (or 1_000_000_000",
+        ],
+        id="exponent-without-a-dot",
+    ),
+    pytest.param(
         _yaml(round_time="10"),
         ["field 'round_time'", "'10'"],
         id="numeric-string",
