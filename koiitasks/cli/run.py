@@ -18,7 +18,9 @@ from koiitasks.cli._common import (
     store_url,
 )
 from koiitasks.cli._dask import dask_options, dask_round_runner
+from koiitasks.sandbox import MAX_PLANNED_ROUNDS
 from koiitasks.settings import load_settings
+from koiitasks.storage.layout import MAX_ROUND
 
 
 def run(
@@ -28,12 +30,20 @@ def run(
         typer.Option(help="Simulated nodes (new store: default 10; else the store's).", min=2),
     ] = None,
     rounds: Annotated[
-        int | None, typer.Option(help="Run the next R rounds after the last settled one.", min=1)
+        int | None,
+        typer.Option(
+            help="Run the next R rounds after the last settled one (at most 1,000,000).",
+            min=1,
+            max=MAX_PLANNED_ROUNDS,
+        ),
     ] = None,
     round_number: Annotated[
         int | None,
         typer.Option(
-            "--round", help="Run round N alone (a settled round is left as it is).", min=0
+            "--round",
+            help="Run round N alone (a settled round is left as it is).",
+            min=0,
+            max=MAX_ROUND,
         ),
     ] = None,
     store: StoreOption = None,
