@@ -375,3 +375,10 @@ class TestLedgerCommands:
         assert proc.returncode == 1
         assert "0000000000.json" in proc.stderr
         assert "Traceback" not in proc.stderr
+        # With --json a script reading stdout gets the failure as JSON too.
+        scripted = koiitasks("ledger", "verify", "--json", env=cli_env, cwd=tmp_path)
+        assert scripted.returncode == 1
+        (failed,) = json_lines(scripted.stdout)
+        assert failed["ok"] is False
+        assert failed["exit_code"] == 1
+        assert "0000000000.json" in failed["error"]

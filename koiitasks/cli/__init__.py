@@ -7,6 +7,7 @@ a traceback. ``--json`` prints what scripts read on stdout.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import NoReturn
@@ -66,6 +67,9 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         if e.hint:
             err.print(f"  hint: {e.hint}", markup=False, highlight=False, soft_wrap=True)
+        if "--json" in sys.argv[1:]:  # a script reading stdout learns it failed, and why
+            failed = {"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code}
+            print(json.dumps(failed), flush=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -30,7 +30,14 @@ StoreOption = Annotated[
         show_default=False,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts on stdout.")]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='Print JSON for scripts on stdout; on an error, one {"ok": false, "error": ..., '
+        '"hint": ..., "exit_code": N} line too.',
+    ),
+]
 TaskOption = Annotated[
     str | None,
     typer.Option("--task", help="Task id or task folder (default: the store's only task)."),
