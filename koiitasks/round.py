@@ -173,6 +173,14 @@ class RoundEngine:
         stored = self._load(key, RoundRequest)
         if stored is not None:
             return stored
+        settled = self.layout.ledger_entry(round_number)
+        if self._orchestrator_key is None and self.store.exists(settled):
+            # A read-only engine replaying a settled round: the request was lost, not unmade.
+            raise RecordError(
+                f"record {key} is missing from {self.store.url}",
+                hint="every record of a round that ran must stay in the store: restore it "
+                "from a backup",
+            )
         request = sign(
             RoundRequest(
                 task_id=self.task_id,

@@ -27,7 +27,7 @@ from koiitasks.protocol import AuditReport, LedgerEntry, decode, sign
 from koiitasks.replay import Replayer, compare_entries, verify_task
 from koiitasks.round import RoundEngine
 from koiitasks.sandbox import Sandbox
-from koiitasks.storage import Layout, Store, open_store
+from koiitasks.storage import FileStore, Layout, Store, open_store
 from koiitasks.storage.readonly import ReadOnlyStore
 from koiitasks.task import load_task
 from koiitasks.testing import figures, sandbox, write_task
@@ -281,6 +281,19 @@ class TestReplayRefuses:
         engine.use_ledger(LedgerState())
         with pytest.raises(RoundError, match="holds only the orchestrator's public key"):
             engine.open_round(9)
+
+    def test_a_settled_round_whose_request_was_deleted_names_the_record(
+        self, tmp_path: Path
+    ) -> None:
+        """Verifying a store where a settled round's distribution request is gone names that
+        record, not 'the engine cannot sign'."""
+        box = sandbox(HASH_PUZZLE, nodes=4, seed=2, store=FileStore(tmp_path))
+        box.run_round(0)
+        key = f"{Layout(TASK).round(0)}requests/distribution.json"
+        (tmp_path / key).unlink()
+        with pytest.raises(LedgerError, match=f"record {key} is missing from") as caught:
+            verify_task(FileStore(tmp_path), TASK)
+        assert "cannot sign" not in caught.value.message
 
     def test_a_read_only_store_refuses_writes(self, settled: Sandbox) -> None:
         """The read-only view names the key it was asked to create."""

@@ -20,7 +20,6 @@ from koiitasks.cli._common import (
 from koiitasks.cli._dask import dask_options, dask_round_runner
 from koiitasks.sandbox import MAX_PLANNED_ROUNDS
 from koiitasks.settings import load_settings
-from koiitasks.storage.layout import MAX_ROUND
 
 
 def run(
@@ -43,7 +42,6 @@ def run(
             "--round",
             help="Run round N alone (a settled round is left as it is).",
             min=0,
-            max=MAX_ROUND,
         ),
     ] = None,
     store: StoreOption = None,

@@ -196,7 +196,9 @@ ARGUMENTS: list[ParameterSet] = [
     pytest.param([*_RUN, "--seed", "1.5"], "Invalid value for '--seed'", id="seed-float"),
     pytest.param([*_RUN, "--rounds", "0"], "Invalid value for '--rounds'", id="rounds-zero"),
     pytest.param([*_RUN, "--rounds", "-5"], "Invalid value for '--rounds'", id="rounds-negative"),
-    pytest.param([*_RUN, "--rounds", "1" + "0" * 30], "a run plans 1 to", id="rounds-huge"),
+    pytest.param(
+        [*_RUN, "--rounds", "1" + "0" * 30], "Invalid value for '--rounds'", id="rounds-huge"
+    ),
     pytest.param([*_RUN, "--round", "-1"], "Invalid value for '--round'", id="round-negative"),
     pytest.param([*_RUN, "--round", "1" + "0" * 10], "9,999,999,999", id="round-11-digits"),
     pytest.param([*_RUN, "--round", "2" + "0" * 19], "9,999,999,999", id="round-past-u64"),
