@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +160,33 @@ class TestRun:
         )  # fmt: skip
         assert [r["round"] for r in json_lines(proc.stdout)] == [0, 1]
         assert "HELLO from" in proc.stderr
+
+    def test_ctrl_c_says_what_was_kept_and_a_rerun_goes_on(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """Ctrl-C during a long run exits 130 saying the records are kept (typer used to end
+        it silently); the ledger verifies and the next run continues after the last round."""
+        run = [sys.executable, "-m", "koiitasks", "run", str(HASH_PUZZLE), "--plain"]
+        proc = subprocess.Popen(
+            [*run, "--nodes", "20", "--rounds", "100000"],
+            env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("round 0: ")
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130
+        assert "interrupted: records written so far are kept; run again to finish" in stderr
+        assert "Traceback" not in stderr
+        koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path, check=True)
+        ledger = tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / "ledger"
+        settled = len(list(ledger.iterdir()))
+        again = koiitasks(*run[3:], "--rounds", "1", "--json", env=cli_env, cwd=tmp_path)
+        assert [r["round"] for r in json_lines(again.stdout)] == [settled], again.stderr
 
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path

@@ -40,6 +40,8 @@ app.add_typer(node.app, name="node")
 
 
 INTERRUPTED = "interrupted: records written so far are kept; run again to finish"
+#: The exit code of a run stopped by Ctrl-C (128 + SIGINT), which no command exits with itself.
+INTERRUPTED_CODE = 130
 
 
 def _after_interrupt(error: BaseException) -> bool:
@@ -64,13 +66,7 @@ def main() -> None:
     except KoiiTasksError as e:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
-        if e.hint:
-            err.print(f"  hint: {e.hint}", markup=False, highlight=False, soft_wrap=True)
-        if "--json" in sys.argv[1:]:  # a script reading stdout learns it failed, and why
-            failed = {"ok": False, "error": e.message, "hint": e.hint, "exit_code": e.exit_code}
-            print(json.dumps(failed), flush=True)
-        sys.exit(e.exit_code)
+        _failed(e)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except TyperException as e:  # usage errors: typer shows them with the usage line
@@ -82,20 +78,33 @@ def main() -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):  # click turns a Ctrl-C into Abort
         err.print(INTERRUPTED)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_CODE)
     except Exception as e:
         if debug:
             raise
         _unexpected(e)
+    if code == INTERRUPTED_CODE:  # typer turns a Ctrl-C into this code, silently
+        err.print(INTERRUPTED)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _failed(error: KoiiTasksError) -> NoReturn:
+    """Exit on an error a command raised on purpose: its message, its hint, its exit code."""
+    err.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
+    if error.hint:
+        err.print(f"  hint: {error.hint}", markup=False, highlight=False, soft_wrap=True)
+    if "--json" in sys.argv[1:]:  # a script reading stdout learns it failed, and why
+        failed = {"ok": False, "error": error.message, "hint": error.hint}
+        print(json.dumps(failed | {"exit_code": error.exit_code}), flush=True)
+    sys.exit(error.exit_code)
 
 
 def _unexpected(error: Exception) -> NoReturn:
     """Exit on an error no command turned into a message: a bug, unless a Ctrl-C caused it."""
     if _after_interrupt(error):  # Prefect failed to report the Ctrl-C to a server it stopped
         err.print(INTERRUPTED)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_CODE)
     err.print(
         f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))}\n"
         "  this is a bug in koiitasks; rerun with KOII_DEBUG=1 for the traceback and report it",

@@ -72,6 +72,10 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ConnectionRefusedError(111, "Connection refused")  # noqa: B904 - as Prefect
 
     @app.command()
+    def stopped() -> None:
+        ctrl_c()
+
+    @app.command()
     def broken() -> None:
         raise ValueError("unexpected")
 
@@ -80,6 +84,18 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 class TestUnexpectedErrors:
     """Errors no command turned into a message."""
+
+    @pytest.mark.usefixtures("failing")
+    def test_a_ctrl_c_says_what_was_kept_and_exits_130(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A Ctrl-C (which typer turns into a silent exit 130) says that what was written is
+        kept and how to go on."""
+        monkeypatch.setattr(sys, "argv", ["koiitasks", "stopped"])
+        with pytest.raises(SystemExit) as ended:
+            cli.main()
+        assert ended.value.code == 130
+        assert "interrupted: records written so far are kept" in capsys.readouterr().err
 
     @pytest.mark.usefixtures("failing")
     def test_an_error_while_handling_ctrl_c_is_an_interruption(
