@@ -68,6 +68,25 @@ def parse_adversaries(specs: list[str]) -> dict[str, int]:
     return {k: v for k, v in sorted(counts.items()) if v}
 
 
+def check_adversaries(adversaries: object) -> dict[str, int]:
+    """``adversaries`` as given to the library (``{"lazy": 2}``), held to the rules
+    ``--adversary`` has: a known kind, a whole count of zero or more. A typo would otherwise
+    make honest nodes under an unknown name, and a test of them pass without testing."""
+    hint = f"give {{KIND: COUNT}} with KIND one of {', '.join(ADVERSARIES)}, e.g. {{'lazy': 2}}"
+    if not isinstance(adversaries, dict):
+        raise ConfigError(
+            f"adversaries {adversaries!r} is not a dict of kinds and counts", hint=hint
+        )
+    for kind, count in adversaries.items():
+        if kind not in ADVERSARIES:
+            raise ConfigError(f"adversary kind {kind!r} is unknown", hint=hint)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(
+                f"adversary count {count!r} for {kind!r} is not a whole number >= 0", hint=hint
+            )
+    return {kind: count for kind, count in sorted(adversaries.items()) if count}
+
+
 def _sandbox_keys(seed: int, nodes: int) -> tuple[Keypair, list[Keypair]]:
     orchestrator = Keypair.from_seed(f"koiitasks-sandbox/{seed}/orchestrator".encode())
     keys = [Keypair.from_seed(f"koiitasks-sandbox/{seed}/node/{i}".encode()) for i in range(nodes)]
@@ -102,6 +121,8 @@ def open_sandbox_network(
     ``genesis_ms`` is the slot clock's origin of a new network: 0 for simulated time, a real
     instant for simulated nodes on the wall clock (a deployed sandbox).
     """
+    if adversaries is not None:
+        adversaries = check_adversaries(adversaries)
     layout = Layout(loaded.task_id)
     raw = store.read_or_none(layout.task)
     if raw is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from koiitasks.network import (
 from koiitasks.sandbox import open_sandbox
 from koiitasks.storage import FileStore, Layout
 from koiitasks.task import load_task
-from koiitasks.testing import memory_store
+from koiitasks.testing import memory_store, run_rounds
 from tests.conftest import HASH_PUZZLE
 
 
@@ -112,3 +113,35 @@ class TestLostTaskRecord:
         again.create_many(list(kept.items()))
         second = open_sandbox_network(again, loaded, nodes=4, seed=1, adversaries=None)
         assert second.record.body.orchestrator == first.record.body.orchestrator
+
+
+class TestAdversariesFromTheLibrary:
+    """``adversaries={...}`` given to the library (the testing kit's `run_rounds`, `sandbox`)."""
+
+    @pytest.mark.parametrize(
+        ("adversaries", "said"),
+        [
+            pytest.param({"lazzy": 2}, "adversary kind 'lazzy' is unknown", id="typo"),
+            pytest.param({"lazy": -1}, "count -1 for 'lazy' is not a whole number", id="negative"),
+            pytest.param({"lazy": 1.5}, "count 1.5 for 'lazy'", id="fraction"),
+            pytest.param({"lazy": True}, "count True for 'lazy'", id="bool"),
+            pytest.param(["lazy"], "is not a dict of kinds and counts", id="a-list"),
+            pytest.param("lazy=2", "is not a dict of kinds and counts", id="cli-text"),
+        ],
+    )
+    def test_are_held_to_the_rules_of_the_command_line(
+        self, adversaries: object, said: str
+    ) -> None:
+        """A kind or count `--adversary` refuses is refused here too, with the kinds listed:
+        a typo used to make honest nodes under an unknown name, so a test of the "lazy" nodes
+        found none and passed without testing anything."""
+        with pytest.raises(ConfigError, match=re.escape(said)) as caught:
+            run_rounds(HASH_PUZZLE, nodes=6, adversaries=adversaries)  # type: ignore[arg-type]
+        assert "lazy" in (caught.value.hint or "")
+
+    def test_zero_counts_are_left_out(self) -> None:
+        """`{"lazy": 0}` is no adversary, as `--adversary lazy=0` is."""
+        (result,) = run_rounds(HASH_PUZZLE, nodes=4, adversaries={"lazy": 0, "offline": 1})
+        assert sorted(n.behaviour for n in result.nodes.values()) == [
+            "honest", "honest", "honest", "offline",
+        ]  # fmt: skip
