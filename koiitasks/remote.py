@@ -29,7 +29,7 @@ from koiitasks.network import Network, open_remote_network
 from koiitasks.nodes.http import DEFAULT_CONCURRENCY, HttpPool
 from koiitasks.round import RoundEngine
 from koiitasks.round_result import RoundResult
-from koiitasks.storage import Store, open_store
+from koiitasks.storage import Layout, Store, open_store
 from koiitasks.task import LoadedTask, load_task
 
 
@@ -103,6 +103,13 @@ class Remote:
         self.pool.close()
 
 
+def _no_nodes(task_id: str, where: str) -> ConfigError:
+    return ConfigError(
+        f"no node is registered for task {task_id!r} in {where}",
+        hint="start nodes with `koiitasks node serve`, then `koiitasks node register` each",
+    )
+
+
 def build_remote(
     loaded: LoadedTask,
     store: Store,
@@ -120,12 +127,14 @@ def build_remote(
     if skew_tolerance_slots < 0:
         raise ConfigError(f"--skew-tolerance-slots must be 0 or more, got {skew_tolerance_slots}")
     clock = clock or WallClock()
+    layout = Layout(loaded.task_id)
+    # Checked before the task record is made: a run refused for want of nodes must not tie the
+    # store to the key it was given (a wrong one would lock the right one out for good).
+    if not store.exists(layout.task) and not store.list(layout.nodes):
+        raise _no_nodes(loaded.task_id, store.url)
     network = open_remote_network(store, loaded, orchestrator, now_ms=clock.now_ms())
     if not network.nodes:
-        raise ConfigError(
-            f"no node is registered for task {loaded.task_id!r} in {store.url}",
-            hint="start nodes with `koiitasks node serve`, then `koiitasks node register` each",
-        )
+        raise _no_nodes(loaded.task_id, store.url)
     config = loaded.config
     slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
     schedule = Schedule(

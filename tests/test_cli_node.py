@@ -156,3 +156,17 @@ class TestBadArguments:
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr
         assert "Traceback" not in proc.stderr
+
+    def test_a_remote_run_refused_for_want_of_nodes_writes_no_task_record(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """`run --remote` with no node registered writes nothing: a task record made then would
+        tie the store to the key given, and a wrong key would lock the right one out."""
+        make_keys(tmp_path / "k", 1)[0].rename(tmp_path / "k.json")
+        proc = koiitasks(
+            "run", str(HASH_PUZZLE), "--remote", "--key", "k.json", "--plain",
+            env=cli_env, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "no node is registered" in proc.stderr
+        assert not (tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / "task.json").exists()
