@@ -4,6 +4,7 @@ property-based check of a distribute hook."""
 from __future__ import annotations
 
 import random
+import re
 import sys
 import textwrap
 import threading
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from koiitasks.errors import ConfigError
 from koiitasks.model import NodeId
+from koiitasks.nodes.runtime import HookFailed
 from koiitasks.testing import (
     FakeClock,
     call_audit,
@@ -195,6 +197,50 @@ class TestCallingHooks:
         result = call_execute(task_dir, node=0)
         assert call_audit(task_dir, submission(task_dir, result, node=0))
         assert not call_audit(task_dir, submission(task_dir, result, node=4))
+
+    @pytest.mark.parametrize(
+        ("returned", "said"),
+        [
+            pytest.param("(1, 2)", "returned a tuple (JSON has lists", id="tuple"),
+            pytest.param('float("nan")', "returned NaN or an infinity", id="nan"),
+            pytest.param("{1, 2}", "returned a value that is not JSON", id="set"),
+        ],
+    )
+    def test_execute_fails_on_a_result_a_round_would_not_take(
+        self, tmp_path: Path, returned: str, said: str
+    ) -> None:
+        """A result that would cost the node its round in a real one fails call_execute with
+        the round's own message, so a unit test cannot pass on it."""
+        task_dir = write_task(
+            tmp_path / "shaped",
+            HOOKS.replace(
+                'return {"node": ctx.node_id,', f"return {returned}\n    {{'node': ctx.node_id,"
+            ),
+        )
+        with pytest.raises(HookFailed, match=re.escape(said)):
+            call_execute(task_dir, node=0)
+
+    def test_audit_fails_on_a_verdict_that_is_not_a_bool(self, tmp_path: Path) -> None:
+        """An audit hook returning "yes" is no vote in a round; call_audit says so instead of
+        letting `assert call_audit(...)` pass on a truthy string."""
+        task_dir = write_task(
+            tmp_path / "yes", HOOKS.replace("return submission.result[", 'return "yes"  # ')
+        )
+        answer = call_execute(task_dir, node=0)
+        with pytest.raises(HookFailed, match="returned str, not bool"):
+            call_audit(task_dir, submission(task_dir, answer, node=0))
+
+    def test_audit_of_an_answer_not_wrapped_in_a_submission_says_how_to_wrap_it(self) -> None:
+        """Passing call_execute's answer straight to call_audit names the mistake."""
+        answer = call_execute(HASH_PUZZLE, node=0)
+        with pytest.raises(ConfigError, match="judges a submission, not a dict") as caught:
+            call_audit(HASH_PUZZLE, answer)  # type: ignore[arg-type]
+        assert "submission(TASK, answer" in (caught.value.hint or "")
+
+    def test_a_submission_of_what_no_round_could_carry_is_refused(self) -> None:
+        """submission() of a result no node could send (a set) is refused, naming it."""
+        with pytest.raises(ConfigError, match="submission result holds a value that is not JSON"):
+            submission(HASH_PUZZLE, {"x": {1, 2}}, node=0)
 
     def test_distribute_without_a_hook_is_the_default_equal_split(self) -> None:
         """The hash puzzle has no distribute hook: call_distribute gives Koii's equal split."""

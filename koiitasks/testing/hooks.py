@@ -28,8 +28,9 @@ from pydantic import JsonValue
 
 from koiitasks.clock import Schedule, SimulatedClock, SlotClock
 from koiitasks.distribution import default_distribute
+from koiitasks.errors import ConfigError
 from koiitasks.identity import Keypair
-from koiitasks.protocol import canonical
+from koiitasks.nodes.runtime import JSON_TYPES, HookFailed, json_problem
 from koiitasks.task import Context, LoadedTask, NodeStore, SubmissionView, load_task
 
 NodeRef = int | str
@@ -130,7 +131,15 @@ def call_execute(
     assert hook is not None  # load_task refuses a task without one
     ctx = context(task_dir, round=round, node=node, slot=slot, clock=clock, store=store)
     result = hook(ctx)
-    canonical(result)  # a result nodes cannot sign fails here, not in a round
+    # What a round would make of it: a result JSON would change costs the node the round.
+    if (problem := json_problem(result)) is not None:
+        raise HookFailed(
+            f"execute hook on node {ctx.node_id} in round {round} returned {problem}; "
+            f"return JSON: {JSON_TYPES}",
+            hook="execute",
+            node_id=ctx.node_id,
+            round_number=round,
+        )
     return result
 
 
@@ -151,6 +160,11 @@ def submission(
     It was asked for at the round's first slot and answered at ``response_slot`` (default: one
     slot later); completion times follow from those slots.
     """
+    if (problem := json_problem(result)) is not None:
+        raise ConfigError(
+            f"submission result holds {problem}",
+            hint=f"a result is what an execute hook returns: {JSON_TYPES}",
+        )
     loaded = load_task(task_dir)
     request_slot = schedule_of(loaded).round_start(round)
     answered = request_slot + 1 if response_slot is None else response_slot
@@ -176,14 +190,29 @@ def call_audit(
     slot: int | None = None,
     clock: SlotClock | None = None,
 ) -> bool:
-    """Run the audit hook once on ``node`` (default: node 1) judging ``submitted``."""
+    """Run the audit hook once on ``node`` (default: node 1) judging ``submitted``; a verdict
+    that is not True or False fails as it would in a round."""
+    if not isinstance(submitted, SubmissionView):
+        raise ConfigError(
+            f"call_audit judges a submission, not a {type(submitted).__name__}",
+            hint="wrap the answer: call_audit(TASK, submission(TASK, answer, round=R, node=N))",
+        )
     loaded = load_task(task_dir)
     loaded.task.ensure_setup()
     hook = loaded.task.audit_hook
     assert hook is not None
     at = schedule_of(loaded).audit_window_of(submitted.round).start if slot is None else slot
     ctx = context(task_dir, round=submitted.round, node=node, slot=at, clock=clock)
-    return hook(ctx, submitted)
+    verdict = hook(ctx, submitted)
+    if not isinstance(verdict, bool):
+        raise HookFailed(
+            f"audit hook on node {ctx.node_id} returned {type(verdict).__name__}, not bool "
+            "(a round counts that as no vote)",
+            hook="audit",
+            node_id=ctx.node_id,
+            round_number=submitted.round,
+        )
+    return verdict
 
 
 def call_distribute(
