@@ -127,6 +127,20 @@ def scored_task(tmp_path: Path, body: str) -> Path:
     return write_task(tmp_path / "scored", SCORED.replace("{BODY}", textwrap.indent(body, "    ")))
 
 
+class TestWriteTask:
+    """write_task: a task folder for a test."""
+
+    def test_it_never_overwrites_a_task_with_other_contents(self, tmp_path: Path) -> None:
+        """Pointed at a folder holding another task.py (the author's own task, by mistake), it
+        refuses and leaves the file as it was; writing the same files again is harmless."""
+        task_dir = write_task(str(tmp_path / "mine"), HOOKS)
+        assert write_task(task_dir, HOOKS) == task_dir
+        with pytest.raises(ConfigError, match=r"task\.py already exists") as caught:
+            write_task(task_dir, HOOKS.replace("seen", "count"))
+        assert "tmp_path" in (caught.value.hint or "")
+        assert (task_dir / "task.py").read_text() == textwrap.dedent(HOOKS)
+
+
 class TestFakeClock:
     """A slot clock tests move by hand."""
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from koiitasks.errors import ConfigError
 from koiitasks.round_result import RoundResult
 from koiitasks.sandbox import Sandbox, build_sandbox
 from koiitasks.storage import MemoryStore, Store
@@ -102,13 +103,28 @@ def run_rounds(
 
 
 def write_task(
-    directory: Path, source: str, *, config: dict[str, Any] | None = None, **overrides: Any
+    directory: Path | str, source: str, *, config: dict[str, Any] | None = None, **overrides: Any
 ) -> Path:
-    """Write a task folder: ``config-task.yml`` (FAST_CONFIG with overrides) and ``task.py``."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write a task folder: ``config-task.yml`` (FAST_CONFIG with overrides) and ``task.py``.
+
+    It never overwrites: a folder already holding either file with other contents is refused
+    (pointed at a real task by mistake, it would have replaced the author's own files)."""
+    directory = Path(directory)
     doc = {**(FAST_CONFIG if config is None else config), **overrides}
-    (directory / "config-task.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    (directory / "task.py").write_text(textwrap.dedent(source))
+    files = {
+        directory / "config-task.yml": yaml.safe_dump(doc, sort_keys=False),
+        directory / "task.py": textwrap.dedent(source),
+    }
+    for path, text in files.items():
+        if path.exists() and path.read_text() != text:
+            raise ConfigError(
+                f"{path} already exists: write_task writes a new task folder, it never "
+                "overwrites one",
+                hint="give it a folder of its own, such as pytest's tmp_path / 'task'",
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text)
     return directory
 
 
