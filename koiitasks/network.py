@@ -308,6 +308,17 @@ def register_node(
             hint="amounts are in base units (1 KOII = 10^9 ROE)",
         )
     layout = Layout(loaded.task_id)
+    if (raw := store.read_or_none(layout.task)) is not None:
+        # The task already runs here: a registration it could never use is refused now, not
+        # answered with 409s every round (registrations cannot be taken back).
+        record = decode(raw, TaskRecord, where=layout.task).body
+        if record.network is not None:
+            raise NetworkMismatchError(
+                f"task {loaded.task_id!r} in {store.url} runs on a sandbox network of simulated "
+                "nodes, which registered nodes cannot join",
+                hint="register in another --store, and run the task there with --remote",
+            )
+        _check_config(record, loaded, store.url)
     registration = sign(
         NodeRegistration(
             task_id=loaded.task_id, node_id=keypair.public_id, stake=stake, url=url.rstrip("/")

@@ -7,18 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from koiitasks.errors import ConfigError, RecordError, RecordNotFound
+from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError, RecordNotFound
+from koiitasks.identity import Keypair
 from koiitasks.network import (
     MAX_SANDBOX_NODES,
     load_network,
+    open_remote_network,
     open_sandbox_network,
     parse_adversaries,
+    register_node,
 )
 from koiitasks.sandbox import open_sandbox
 from koiitasks.storage import FileStore, Layout
 from koiitasks.task import load_task
-from koiitasks.testing import memory_store, run_rounds
-from tests.conftest import HASH_PUZZLE
+from koiitasks.testing import memory_store, run_rounds, write_task
+from tests.conftest import ECHO_TASK, HASH_PUZZLE
 
 
 class TestParseAdversaries:
@@ -145,3 +148,33 @@ class TestAdversariesFromTheLibrary:
         assert sorted(n.behaviour for n in result.nodes.values()) == [
             "honest", "honest", "honest", "offline",
         ]  # fmt: skip
+
+
+class TestRegisterNode:
+    """What a node's registration is checked against when its task already runs in the store."""
+
+    def test_a_store_running_a_sandbox_network_refuses_a_registration(self) -> None:
+        """Registered nodes cannot join simulated ones: refused, nothing written (it used to
+        be stored, and replay then counted the node missing in rounds run before it)."""
+        store = memory_store()
+        loaded = load_task(HASH_PUZZLE)
+        open_sandbox_network(store, loaded, nodes=3, seed=1, adversaries=None)
+        before = store.list()
+        node = Keypair.from_seed(b"late joiner")
+        with pytest.raises(NetworkMismatchError, match="runs on a sandbox network"):
+            register_node(
+                store, loaded, node, url="http://127.0.0.1:8001", stake=2 * 10**9
+            )  # fmt: skip
+        assert store.list() == before
+
+    def test_a_task_record_with_another_config_refuses_a_registration(self, tmp_path: Path) -> None:
+        """A node whose config-task.yml differs from the one the task runs with would be
+        refused every round (409): its registration is refused at once, naming the fields."""
+        ran = load_task(write_task(tmp_path / "ran", ECHO_TASK))
+        changed = load_task(write_task(tmp_path / "changed", ECHO_TASK, round_time=12))
+        store = memory_store()
+        open_remote_network(store, ran, Keypair.from_seed(b"orchestrator"), now_ms=0)
+        with pytest.raises(NetworkMismatchError, match=r"another config-task\.yml .*round_time"):
+            register_node(
+                store, changed, Keypair.from_seed(b"node"), url="http://127.0.0.1:8001", stake=200
+            )
