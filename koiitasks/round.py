@@ -139,6 +139,9 @@ class RoundEngine:
         self._eligible: dict[int, list[str]] = {}
         self._assignments: dict[int, dict[str, list[str]]] = {}
         self._reports: dict[int, dict[str, Signed[AuditReport]]] = {}
+        #: Why nodes gave no answer, as this engine saw it (nothing is stored for them): the
+        #: round's result says it, rather than only "no answer".
+        self._silence: dict[int, dict[str, str]] = {}
 
     @property
     def orchestrator(self) -> Keypair:
@@ -392,6 +395,8 @@ class RoundEngine:
             log.info(
                 "node %s: no answer in round %d (%s)", reply.node_id, round_number, reply.error
             )
+            if reply.error:
+                self._silence.setdefault(round_number, {})[reply.node_id] = reply.error
             return "missing", None
         if isinstance(checked, Accepted):
             record = sign(
@@ -783,7 +788,8 @@ class RoundEngine:
             elif node in tally.refused:
                 outcome, reason = Outcome.REFUSED, tally.refused[node]
             else:
-                outcome, reason = Outcome.MISSING, "no answer"
+                outcome = Outcome.MISSING
+                reason = self._silence.get(round_number, {}).get(node, "no answer")
             # Built from values checked when they were stored: not validated again (at 10,000
             # nodes validating them was 4% of a round, measured).
             nodes[node] = NodeResult.model_construct(

@@ -75,12 +75,19 @@ class RoundResult(KoiiModel):
         return "\n".join(lines)
 
     def _refusals(self) -> list[str]:
-        why = Counter(n.reason for n in self.nodes.values() if n.outcome == Outcome.REFUSED)
+        """Why answers were refused, and why nodes were missing when more is known than that
+        they did not answer (a connection refused, a hook that failed)."""
+        why = Counter(
+            (n.outcome.value, n.reason)
+            for n in self.nodes.values()
+            if n.outcome == Outcome.REFUSED
+            or (n.outcome == Outcome.MISSING and n.reason not in ("", "no answer"))
+        )
         common = why.most_common()
-        lines = [f"  - {count} refused: {reason}" for reason, count in common[:REASONS_LISTED]]
+        lines = [f"  - {count} {o}: {reason}" for (o, reason), count in common[:REASONS_LISTED]]
         if rest := common[REASONS_LISTED:]:
             lines.append(
-                f"  - {sum(count for _, count in rest)} refused for {len(rest)} other reasons "
-                "(koiitasks trace NODE shows each)"
+                f"  - {sum(count for _, count in rest)} more refused or missing for "
+                f"{len(rest)} other reasons (koiitasks trace NODE shows each)"
             )
         return lines

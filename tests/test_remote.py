@@ -10,6 +10,7 @@ so a round from request to ledger takes about 4.4 s of wall time; the audit wind
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -235,6 +236,23 @@ class TestRoundsOnNodeProcesses:
         live = [node.node_id for node in cluster.nodes[:4]]
         assert all(result.nodes[n].outcome is Outcome.APPROVED for n in live)
         assert all(result.nodes[n].credit > 0 for n in live)
+
+    def test_a_node_nothing_answers_for_is_missing_with_the_reason(self, cluster: Cluster) -> None:
+        """A registered node whose URL nobody listens at is missing, and the round's result
+        and report say the connection failed (they used to say only "no answer", the real
+        reason being logged with -v alone)."""
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        store = cluster.store("dead")
+        cluster.register(store, cluster.nodes[:4])
+        dead = Keypair.generate()
+        register_node(store, load_task(cluster.task_dir), dead, url=dead_url, stake=STAKE)
+        result = run_one_round(cluster.remote(store))
+        missing = result.nodes[dead.public_id]
+        assert missing.outcome is Outcome.MISSING
+        assert f"cannot connect to {dead_url}" in missing.reason
+        assert f"  - 1 missing: cannot connect to {dead_url}" in result.report()
 
 
 class TestHostileAnswers:

@@ -51,7 +51,22 @@ class TestReport:
         nodes = {f"n{i}": refused(f"reason {i}") for i in range(count)}
         lines = settled(nodes).report().splitlines()
         assert len(lines) == 1 + REASONS_LISTED + 1
-        assert lines[-1] == "  - 3 refused for 3 other reasons (koiitasks trace NODE shows each)"
+        assert lines[-1] == (
+            "  - 3 more refused or missing for 3 other reasons (koiitasks trace NODE shows each)"
+        )
+
+    def test_missing_nodes_are_explained_when_more_is_known_than_silence(self) -> None:
+        """A node whose connection was refused is listed with that reason; a node that simply
+        did not answer adds nothing, as the round's line already counts it."""
+        down = "All connection attempts failed (is `koiitasks node serve` running there?)"
+        nodes = {
+            "a": PAID,
+            "b": NodeResult(behaviour="honest", outcome=Outcome.MISSING, credit=0, slash=0,
+                            reason=down),
+            "c": NodeResult(behaviour="offline", outcome=Outcome.MISSING, credit=0, slash=0,
+                            reason="no answer"),
+        }  # fmt: skip
+        assert settled(nodes).report().splitlines()[1:] == [f"  - 1 missing: {down}"]
 
     def test_a_round_settled_before_says_nothing_more(self) -> None:
         """Asking for a settled round again changes nothing and reports nothing new."""
