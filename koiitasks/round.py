@@ -298,7 +298,8 @@ class RoundEngine:
             raise RoundMissed(
                 f"round {round_number} of task {self.task_id!r} can no longer run: its "
                 f"submission window closed at slot {window.end} and the clock is at slot {now}",
-                hint="it is recorded as missed; run the next round instead",
+                hint="a round runs only in its own window: leave out --round to run the next "
+                "one (a deployment records such a round as missed)",
             )
         self.slot_clock.wait_for_slot(start)
         sent = max(start, self.slot_clock.get_slot())

@@ -180,7 +180,7 @@ class TestRun:
             proc.kill()
             proc.wait()
         assert proc.returncode == 130
-        assert "interrupted: records written so far are kept; run again to finish" in stderr
+        assert "interrupted: records written so far are kept; run again to go on" in stderr
         assert "Traceback" not in stderr
         koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path, check=True)
         ledger = tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / "ledger"

@@ -39,7 +39,7 @@ app.add_typer(storage.app, name="storage")
 app.add_typer(node.app, name="node")
 
 
-INTERRUPTED = "interrupted: records written so far are kept; run again to finish"
+INTERRUPTED = "interrupted: records written so far are kept; run again to go on"
 #: The exit code of a run stopped by Ctrl-C (128 + SIGINT), which no command exits with itself.
 INTERRUPTED_CODE = 130
 
