@@ -25,6 +25,7 @@ from koiitasks.testing import (
     check_distribute,
     context,
     node_id,
+    run_rounds,
     submission,
     write_task,
 )
@@ -139,6 +140,34 @@ class TestWriteTask:
             write_task(task_dir, HOOKS.replace("seen", "count"))
         assert "tmp_path" in (caught.value.hint or "")
         assert (task_dir / "task.py").read_text() == textwrap.dedent(HOOKS)
+
+
+class TestKitMistakes:
+    """A task author's common mistakes with the kit are errors that say what to pass."""
+
+    @pytest.mark.parametrize(
+        ("options", "said"),
+        [
+            pytest.param(
+                {"store": "somewhere"}, "store= takes a Store, not a str", id="store-path"
+            ),
+            pytest.param({"nodes": "5"}, "nodes= takes a whole number, not '5'", id="nodes-text"),
+            pytest.param({"rounds": 1.5}, "rounds= takes a whole number, not 1.5", id="rounds"),
+            pytest.param({"seed": True}, "seed= takes a whole number, not True", id="seed-bool"),
+        ],
+    )
+    def test_run_rounds_names_the_option_and_what_it_takes(
+        self, options: dict[str, object], said: str
+    ) -> None:
+        """Instead of an AttributeError or TypeError from deep inside."""
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            run_rounds(HASH_PUZZLE, **options)  # type: ignore[arg-type]
+
+    def test_check_distribute_takes_a_strategy_not_a_list(self) -> None:
+        """A plain list of results is refused with how to draw from one."""
+        with pytest.raises(ConfigError, match="takes a hypothesis strategy, not a list") as caught:
+            check_distribute(HASH_PUZZLE, results=[{"n": 1}])  # type: ignore[arg-type]
+        assert "st.sampled_from" in (caught.value.hint or "")
 
 
 class TestFakeClock:

@@ -73,6 +73,14 @@ def sandbox(
     stake: int | None = None,
 ) -> Sandbox:
     """A sandbox over ``store`` (a new memory store by default), not shared with other tests."""
+    if store is not None and not isinstance(store, Store):
+        raise ConfigError(
+            f"store= takes a Store, not a {type(store).__name__}",
+            hint="memory_store() (the default), or FileStore(Path('folder')) for files on disk",
+        )
+    for name, count in (("nodes", nodes), ("seed", seed), ("workers", workers)):
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(f"{name}= takes a whole number, not {count!r}")
     return build_sandbox(
         load_task(task_dir),
         store if store is not None else memory_store(),
@@ -95,6 +103,8 @@ def run_rounds(
     store: Store | None = None,
 ) -> list[RoundResult]:
     """Run the next ``rounds`` rounds of a task in a fresh sandbox; one result per round."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        raise ConfigError(f"rounds= takes a whole number, not {rounds!r}")
     box = sandbox(task_dir, nodes=nodes, seed=seed, adversaries=adversaries, store=store)
     try:
         return [box.run_round(n) for n in box.plan(rounds=rounds, round_number=None)]

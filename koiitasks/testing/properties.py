@@ -75,6 +75,14 @@ def check_distribute(
         raise ConfigError(
             "check_distribute needs hypothesis, which is not installed", hint=INSTALL_HINT
         ) from e
+    from hypothesis.strategies import SearchStrategy  # noqa: PLC0415
+
+    if results is not None and not isinstance(results, SearchStrategy):
+        raise ConfigError(
+            f"results= takes a hypothesis strategy, not a {type(results).__name__}",
+            hint="draw them, e.g. results=st.fixed_dictionaries({'n': st.integers(0, 9)}); "
+            "for a fixed list of results, results=st.sampled_from([...])",
+        )
     loaded = load_task(task_dir)
     if results is None and _honest_answer(loaded, node_id(0), 0, 1) is None:
         raise AssertionError(_UNAUDITABLE.format(directory=loaded.directory))
