@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from koiitasks.identity import load_key
+from koiitasks.identity import Keypair, load_key
 from koiitasks.protocol import NodeRegistration, decode
 from koiitasks.storage import Layout
 from koiitasks.testing.nodes import make_keys, serve_nodes
@@ -43,6 +43,20 @@ class TestKeygen:
         assert proc.returncode == 2
         assert "already exists" in proc.stderr
         assert (tmp_path / "me.json").read_bytes() == before
+
+    @pytest.mark.parametrize(
+        "out", [pytest.param("keys", id="a-folder"), pytest.param("", id="empty")]
+    )
+    def test_a_folder_for_out_is_refused_with_a_file_name_to_use(
+        self, cli_env: dict[str, str], tmp_path: Path, out: str
+    ) -> None:
+        """--out naming a folder (or nothing) says so and suggests a file in it, instead of
+        "key file keys already exists"."""
+        (tmp_path / "keys").mkdir()
+        proc = koiitasks("node", "keygen", "--out", out, env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert "names a folder, not a key file" in proc.stderr
+        assert "node.json" in proc.stderr
 
 
 class TestRegister:
@@ -108,6 +122,10 @@ class TestServe:
         assert "Traceback" not in proc.stderr
 
 
+#: A public key to name as the orchestrator where no node must obey it.
+ORCHESTRATOR_ID = Keypair.from_seed(b"test orchestrator").public_id
+
+
 class TestBadArguments:
     """Bad arguments exit 2 with a message that says what to do."""
 
@@ -118,6 +136,19 @@ class TestBadArguments:
                 ["node", "serve", str(HASH_PUZZLE), "--key", "k.json", "--orchestrator", "0xdead"],
                 "is not a base58 ed25519 public key",
                 id="serve-orchestrator-not-a-key",
+            ),
+            pytest.param(
+                [
+                    "node",
+                    "serve",
+                    str(HASH_PUZZLE),
+                    "--keys-dir",
+                    "empty",
+                    "--orchestrator",
+                    ORCHESTRATOR_ID,
+                ],
+                "holds no key file (*.json)",
+                id="serve-keys-dir-without-keys",
             ),
             *(
                 pytest.param(
@@ -152,6 +183,7 @@ class TestBadArguments:
     ) -> None:
         """Each exits 2 with the message, never a traceback."""
         make_keys(tmp_path / "k", 1)[0].rename(tmp_path / "k.json")
+        (tmp_path / "empty").mkdir()
         proc = koiitasks(*args, env=cli_env, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr
@@ -170,3 +202,15 @@ class TestBadArguments:
         assert proc.returncode == 2, proc.stderr
         assert "no node is registered" in proc.stderr
         assert not (tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / "task.json").exists()
+
+    def test_serving_the_orchestrators_own_key_is_refused(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """A node cannot be the orchestrator it obeys: its key is refused before serving."""
+        (key,) = make_keys(tmp_path / "k", 1)
+        proc = koiitasks(
+            "node", "serve", str(HASH_PUZZLE), "--key", str(key),
+            "--orchestrator", load_key(key).public_id, env=cli_env, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "is the orchestrator's own key" in proc.stderr

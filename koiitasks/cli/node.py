@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from koiitasks.cli._common import JsonOption, StoreOption, err, out, setup_logging, store_url
+from koiitasks.errors import ConfigError
 
 app = typer.Typer(
     help="Run a task as a remote node: make keys, serve the task over HTTP, register.",
@@ -37,6 +38,11 @@ def keygen(
     """
     from koiitasks.identity import Keypair, save_key  # noqa: PLC0415 - keep --help fast
 
+    if out_file.is_dir():  # "" and "." too: typer makes them Path(".")
+        raise ConfigError(
+            f"--out {str(out_file)!r} names a folder, not a key file",
+            hint=f"name the file, e.g. --out {out_file / 'node.json'}",
+        )
     keypair = Keypair.generate()
     save_key(keypair, out_file)
     err.print(f"wrote {out_file} (readable by you only); its public key:", highlight=False)
@@ -98,14 +104,26 @@ def serve(
     if keys_dir is not None:
         if not keys_dir.is_dir():
             raise typer.BadParameter(f"{keys_dir} is not a folder", param_hint="--keys-dir")
-        paths += sorted(keys_dir.glob("*.json"))
+        found = sorted(keys_dir.glob("*.json"))
+        if not found:
+            raise typer.BadParameter(
+                f"{keys_dir} holds no key file (*.json); make some with `koiitasks node keygen`",
+                param_hint="--keys-dir",
+            )
+        paths += found
     if not paths:
         raise typer.BadParameter("give at least one --key FILE (or --keys-dir)")
     loaded = load_task(task_dir)
     clock = WallClock() if not clock_skew_ms else OffsetClock(WallClock(), clock_skew_ms)
+    keys = [load_key(p) for p in paths]
+    if any(k.public_id == orchestrator for k in keys):
+        raise ConfigError(
+            "a --key given is the orchestrator's own key: a node cannot audit and pay itself",
+            hint="make each node a key of its own with `koiitasks node keygen`",
+        )
     node_host = NodeHost(
         loaded,
-        [load_key(p) for p in paths],
+        keys,
         orchestrator=orchestrator,
         clock=clock,
         skew_tolerance_slots=skew_tolerance_slots,
