@@ -132,7 +132,8 @@ class TestRun:
             ),
         )
         proc = koiitasks(
-            "run", str(task_dir), "--nodes", "8", "--plain", "--json", env=cli_env, cwd=tmp_path
+            "run", str(task_dir), "--nodes", "8", "--seed", "1", "--plain", "--json",
+            env=cli_env, cwd=tmp_path,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         (settled,) = json_lines(proc.stdout)
