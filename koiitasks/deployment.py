@@ -28,7 +28,12 @@ from koiitasks.clock import Clock, Schedule, WallClock
 from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
 from koiitasks.identity import Keypair, load_key
 from koiitasks.live import LiveEngine
-from koiitasks.network import Network, open_remote_network, open_sandbox_network
+from koiitasks.network import (
+    Network,
+    no_registered_node,
+    open_remote_network,
+    open_sandbox_network,
+)
 from koiitasks.protocol import TaskRecord, decode
 from koiitasks.remote import build_remote
 from koiitasks.sandbox import simulated_nodes
@@ -231,11 +236,7 @@ def _prepare_remote(
         )
     key = load_orchestrator_key(key_file, record, where=store.url)
     if record is None and not store.list(Layout(loaded.task_id).nodes):
-        raise ConfigError(
-            f"no node is registered for task {loaded.task_id!r} in {store.url}",
-            hint="start nodes with `koiitasks node serve`, then `koiitasks node register` each "
-            "in this store, then deploy",
-        )
+        raise no_registered_node(loaded.task_id, store.url, then=" in this store, then deploy")
     now_ms = clock.now_ms()
     genesis = aligned_genesis(now_ms, loaded.config.slot_ms, lead_ms)
     return open_remote_network(store, loaded, key, now_ms=now_ms, genesis_ms=genesis)

@@ -272,12 +272,7 @@ def open_remote_network(
         store.create(layout.task, record.encode())
     else:
         record = decode(raw, TaskRecord, where=layout.task)
-        if record.body.network is not None:
-            raise NetworkMismatchError(
-                f"task {loaded.task_id!r} in {store.url} runs on a sandbox network of "
-                "simulated nodes, not on registered remote nodes",
-                hint="use another --store for remote nodes",
-            )
+        _check_not_sandbox(record.body, loaded.task_id, store.url)
         if record.signer != orchestrator.public_id:
             raise NetworkMismatchError(
                 f"task {loaded.task_id!r} in {store.url} was created by orchestrator "
@@ -312,12 +307,7 @@ def register_node(
         # The task already runs here: a registration it could never use is refused now, not
         # answered with 409s every round (registrations cannot be taken back).
         record = decode(raw, TaskRecord, where=layout.task).body
-        if record.network is not None:
-            raise NetworkMismatchError(
-                f"task {loaded.task_id!r} in {store.url} runs on a sandbox network of simulated "
-                "nodes, which registered nodes cannot join",
-                hint="register in another --store, and run the task there with --remote",
-            )
+        _check_not_sandbox(record, loaded.task_id, store.url)
         _check_config(record, loaded, store.url)
     registration = sign(
         NodeRegistration(
@@ -345,6 +335,24 @@ def check_task_config(record: TaskRecord, loaded: LoadedTask, *, where: str) -> 
 
 def _config_doc(loaded: LoadedTask) -> dict[str, Any]:
     return loaded.config.model_dump(mode="json", exclude={"metadata"})
+
+
+def _check_not_sandbox(record: TaskRecord, task_id: str, where: str) -> None:
+    """Refuse registered nodes a task that runs on simulated ones."""
+    if record.network is not None:
+        raise NetworkMismatchError(
+            f"task {task_id!r} in {where} runs on a sandbox network of simulated nodes, not on "
+            "registered remote nodes",
+            hint="use another --store for remote nodes",
+        )
+
+
+def no_registered_node(task_id: str, where: str, *, then: str = "") -> ConfigError:
+    """The error of a remote run or deployment with no node to ask."""
+    return ConfigError(
+        f"no node is registered for task {task_id!r} in {where}",
+        hint="start nodes with `koiitasks node serve`, then `koiitasks node register` each" + then,
+    )
 
 
 def _check_config(record: TaskRecord, loaded: LoadedTask, where: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from koiitasks.clock import Clock, Schedule, SlotClock, WallClock
 from koiitasks.errors import ConfigError, RoundMissed
 from koiitasks.identity import Keypair, load_key
-from koiitasks.network import Network, open_remote_network
+from koiitasks.network import Network, no_registered_node, open_remote_network
 from koiitasks.nodes.http import DEFAULT_CONCURRENCY, HttpPool
 from koiitasks.round import RoundEngine
 from koiitasks.round_result import RoundResult
@@ -103,13 +103,6 @@ class Remote:
         self.pool.close()
 
 
-def _no_nodes(task_id: str, where: str) -> ConfigError:
-    return ConfigError(
-        f"no node is registered for task {task_id!r} in {where}",
-        hint="start nodes with `koiitasks node serve`, then `koiitasks node register` each",
-    )
-
-
 def build_remote(
     loaded: LoadedTask,
     store: Store,
@@ -131,10 +124,10 @@ def build_remote(
     # Checked before the task record is made: a run refused for want of nodes must not tie the
     # store to the key it was given (a wrong one would lock the right one out for good).
     if not store.exists(layout.task) and not store.list(layout.nodes):
-        raise _no_nodes(loaded.task_id, store.url)
+        raise no_registered_node(loaded.task_id, store.url)
     network = open_remote_network(store, loaded, orchestrator, now_ms=clock.now_ms())
     if not network.nodes:
-        raise _no_nodes(loaded.task_id, store.url)
+        raise no_registered_node(loaded.task_id, store.url)
     config = loaded.config
     slot_clock = SlotClock(clock, genesis_ms=network.task.genesis_ms, slot_ms=config.slot_ms)
     schedule = Schedule(

@@ -17,7 +17,7 @@ class NodeResult(KoiiModel):
     reason: str = ""
 
 
-#: Refusal reasons a round's report lists before it sums up the rest.
+#: Reasons (for refused or missing nodes) a round's report lists before it sums up the rest.
 REASONS_LISTED = 5
 
 
@@ -64,17 +64,18 @@ class RoundResult(KoiiModel):
         return line + f"; ledger #{self.sequence} {self.ledger_hash[:12]}"
 
     def report(self) -> str:
-        """:meth:`summary`, and under it why answers were refused (one ``  - N refused: ...``
-        line a reason, the commonest first, at most :data:`REASONS_LISTED`) and, when nobody
-        was paid, why each distribution list was refused (``  - attempt N by NODE: ...``)."""
+        """:meth:`summary`, and under it why answers were refused or missing (one
+        ``  - N refused: ...`` or ``  - N missing: ...`` line a reason, the commonest first, at
+        most :data:`REASONS_LISTED`) and, when nobody was paid, why each distribution list was
+        refused (``  - attempt N by NODE: ...``)."""
         lines = [self.summary()]
         if not self.already_settled:
-            lines += self._refusals()
+            lines += self._unanswered()
         if not (self.distribution_accepted or self.already_settled):
             lines += [f"  - {reason}" for reason in self.reasons]
         return "\n".join(lines)
 
-    def _refusals(self) -> list[str]:
+    def _unanswered(self) -> list[str]:
         """Why answers were refused, and why nodes were missing when more is known than that
         they did not answer (a connection refused, a hook that failed)."""
         why = Counter(

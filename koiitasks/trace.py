@@ -147,12 +147,14 @@ def trace_node(store: Store, task_id: str, round_number: int, node_id: str) -> N
     request_key = f"{layout.round(round_number)}requests/{Phase.EXECUTE.value}.json"
     request = read.one(request_key, RoundRequest)
     if request is None and not store.children(layout.round(round_number)):
-        names = store.children(layout.ledger)  # 0000000007.json: round 7 settled
-        settled = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
-        last = f"the last settled is round {max(settled)}" if settled else ""
+        entries = [k for k in store.list(layout.ledger) if Layout.name_of(k).isdigit()]
+        last = (
+            f"the last settled is round {Layout.round_of_ledger_key(entries[-1])}"
+            if entries
+            else "no round has settled yet"
+        )
         raise ConfigError(
-            f"round {round_number} of task {task_id!r} never ran in {store.url}"
-            + (f" ({last})" if last else " (no round has settled yet)"),
+            f"round {round_number} of task {task_id!r} never ran in {store.url} ({last})",
             hint="trace a round that ran: leave out --round for the last settled one",
         )
     if request is not None:

@@ -28,7 +28,6 @@ from koiitasks.protocol import (
     RoundRequest,
     Signed,
     Submission,
-    nested_deeper_than,
     sign,
 )
 from koiitasks.task import Context, LoadedTask, NodeStore, SubmissionView
@@ -69,10 +68,10 @@ def json_problem(value: object) -> str | None:
     ``json`` would turn integer keys into strings and tuples into lists, and a lone surrogate
     cannot be encoded at all.
     """
-    if nested_deeper_than(value, MAX_RESULT_DEPTH):
-        return f"lists or dicts nested deeper than {MAX_RESULT_DEPTH} levels"
     try:
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except RecursionError:  # thousands of levels: what _shape_problem says of over a hundred
+        return _TOO_DEEP
     except TypeError as e:  # "Object of type set is not JSON serializable"
         return f"a value that is not JSON ({e})"
     except UnicodeEncodeError:
@@ -82,19 +81,26 @@ def json_problem(value: object) -> str | None:
     return _shape_problem(value)
 
 
-def _shape_problem(value: object) -> str | None:
-    """What ``json`` would have changed silently: a key that is not a string, a tuple."""
+_TOO_DEEP = f"lists or dicts nested deeper than {MAX_RESULT_DEPTH} levels"
+
+
+def _shape_problem(value: object, depth: int = 1) -> str | None:
+    """What ``json`` would have changed silently (a key that is not a string, a tuple), or
+    nesting a record could not be read back with. Called once ``json`` encoded ``value``, so
+    the recursion stops well short of Python's limit (at ``MAX_RESULT_DEPTH`` + 1)."""
+    if isinstance(value, dict | list | tuple) and depth > MAX_RESULT_DEPTH:
+        return _TOO_DEEP
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"a dict with the {type(key).__name__} key {key!r} (JSON keys are strings)"
-            if (problem := _shape_problem(item)) is not None:
+            if (problem := _shape_problem(item, depth + 1)) is not None:
                 return problem
     elif isinstance(value, tuple):
         return "a tuple (JSON has lists: return a list)"
     elif isinstance(value, list):
         for item in value:
-            if (problem := _shape_problem(item)) is not None:
+            if (problem := _shape_problem(item, depth + 1)) is not None:
                 return problem
     return None
 
