@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,22 @@ class TestFakeClock:
         assert clock.slot == 9
         clock.wait_for_slot(3)  # a slot in the past: no wait, no move back
         assert clock.slot == 9
+
+    @pytest.mark.parametrize(
+        ("make", "said"),
+        [
+            pytest.param(lambda: FakeClock(-5), "slot -5 is before the first slot", id="new"),
+            pytest.param(lambda: FakeClock(3).set_slot(-1), "slot -1 is before", id="set_slot"),
+            pytest.param(lambda: FakeClock(3).advance(-2), "advance(-2) would move", id="advance"),
+        ],
+    )
+    def test_a_slot_before_the_first_is_refused_not_shown_as_slot_0(
+        self, make: Callable[[], object], said: str
+    ) -> None:
+        """A clock never shows slot 0 for a slot it was asked to be before it."""
+        with pytest.raises(ConfigError, match=re.escape(said)) as raised:
+            make()
+        assert raised.value.hint
 
 
 class TestCallingHooks:

@@ -45,7 +45,7 @@ class FakeClock(SlotClock):
     """
 
     def __init__(self, slot: int = 0, *, slot_ms: int = 400, genesis_ms: int = 0) -> None:
-        self.simulated = SimulatedClock(genesis_ms + slot * slot_ms)
+        self.simulated = SimulatedClock(genesis_ms + _first_or_later(slot) * slot_ms)
         super().__init__(self.simulated, genesis_ms=genesis_ms, slot_ms=slot_ms)
 
     @property
@@ -55,11 +55,26 @@ class FakeClock(SlotClock):
 
     def set_slot(self, slot: int) -> None:
         """Put the clock at the first millisecond of ``slot`` (backwards too)."""
-        self.simulated.set_ms(self.ms_of_slot(slot))
+        self.simulated.set_ms(self.ms_of_slot(_first_or_later(slot)))
 
     def advance(self, slots: int = 1) -> None:
         """Move the clock forward by whole slots."""
+        if slots < 0:
+            raise ConfigError(
+                f"advance({slots}) would move the clock backwards",
+                hint="advance moves forward; set_slot(n) puts the clock at any slot",
+            )
         self.simulated.advance(slots * self.slot_ms)
+
+
+def _first_or_later(slot: int) -> int:
+    """``slot``, refused if it is before slot 0 (which the clock would show instead)."""
+    if slot < 0:
+        raise ConfigError(
+            f"slot {slot} is before the first slot of the clock",
+            hint="slots count from 0 at genesis_ms",
+        )
+    return slot
 
 
 @functools.lru_cache(maxsize=1024)
