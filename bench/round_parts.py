@@ -37,7 +37,14 @@ From these:
 - ``helper_bound_vs_floor = threads_no_crypto_s / floor_s``: a bound on ``vs_floor`` for any
   design that hands the cryptography to another process and keeps the rest on threads;
 - ``engine_vs_floor = engine_threads_s / floor_s``: the same bound for moving the simulated
-  nodes out of the round's process.
+  nodes out of the round's process;
+- ``same_parallelism_bound_vs_floor = full_s / (full_s - python_s)``: a bound for every design
+  at once, when the floor is given the same parallelism as the round (as ``round_bench.py``
+  asks): whatever runs the round's cryptography and writes side by side (threads, helper
+  processes, batches) runs the floor's the same way, so even with perfect overlap in both the
+  round does its own Python besides, and the ratio is at least all of the round's work over
+  the part of it that is the floor's (``full_s - python_s``, an estimate: one thread's time
+  less another way's).
 
     python bench/round_parts.py --nodes 10000 --repeat 3 --json
     python bench/round_parts.py --quick --json     # what CI runs: asserts nothing about time
@@ -290,6 +297,9 @@ def measure(nodes: int, *, repeat: int) -> dict[str, Any]:
         "threads_vs_floor": round(best["threads_s"] / floor_s, 3),
         "helper_bound_vs_floor": round(best["threads_no_crypto_s"] / floor_s, 3),
         "engine_vs_floor": round(best["engine_threads_s"] / floor_s, 3),
+        "same_parallelism_bound_vs_floor": round(
+            best["full_s"] / (best["full_s"] - best["python_s"]), 3
+        ),
         "cpu_s": {way: round(timed.cpu_s, 3) for way, timed in fastest.items()},
         "switches": {way: timed.switches for way, timed in fastest.items()},
     }

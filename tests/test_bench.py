@@ -63,6 +63,7 @@ PARTS_KEYS = {
     "threads_no_writes_s", "threads_no_crypto_s", "engine_threads_s", "engine_no_crypto_s",
     "threads_speedup", "threads_no_writes_speedup", "gil_bound_vs_floor", "even_split_vs_floor",
     "threads_vs_floor", "helper_bound_vs_floor", "engine_vs_floor",
+    "same_parallelism_bound_vs_floor",
 }  # fmt: skip
 #: Ways of running the round: each has a time, CPU seconds and a count of context switches.
 PARTS_WAYS = {key for key in PARTS_KEYS if key.endswith("_s") and key != "floor_s"}
@@ -107,6 +108,8 @@ class TestRoundPartsBench:
             "threads_vs_floor": report["threads_s"] / report["floor_s"],
             "helper_bound_vs_floor": report["threads_no_crypto_s"] / report["floor_s"],
             "engine_vs_floor": report["engine_threads_s"] / report["floor_s"],
+            "same_parallelism_bound_vs_floor": report["full_s"]
+            / (report["full_s"] - report["python_s"]),
         }
         for key, ratio in ratios.items():
             assert report[key] == pytest.approx(ratio, rel=0.03), key
