@@ -8,6 +8,7 @@ round), the same Prefect flow steps (``flows.round.remote_round``), but the node
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,10 +66,10 @@ def run_remote(
 
         def starting(number: int) -> None:
             if not json_out:
-                wait_s = remote.starts_in_ms(number) / 1000
                 err.print(
                     f"round {number} of {remote.loaded.task_id} on "
-                    f"{len(remote.network.nodes)} registered nodes starts in {wait_s:.1f} s",
+                    f"{len(remote.network.nodes)} registered nodes starts "
+                    f"{starts_in(remote.starts_in_ms(number) / 1000)}",
                     highlight=False,
                 )
 
@@ -105,6 +106,17 @@ def run_remote(
             )
     finally:
         remote.close()
+
+
+def starts_in(seconds: float, *, now: datetime | None = None) -> str:
+    """When a round starts, said so a long wait is seen as one: "in 2.5 s", or from a minute
+    on "in 2 h 5 min, at 14:03:20 UTC (Ctrl-C stops waiting)"."""
+    if seconds < 60:
+        return f"in {max(seconds, 0):.1f} s"
+    minutes = round(seconds / 60)
+    span = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    at = (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+    return f"in {span}, at {at:%H:%M:%S} UTC (Ctrl-C stops waiting)"
 
 
 def _flow_runner(

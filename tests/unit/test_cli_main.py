@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import pytest
 import typer
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from koiitasks import cli
 from koiitasks.cli._common import resolve_task
+from koiitasks.cli.remote import starts_in
 from koiitasks.errors import InvalidKey
 from koiitasks.storage import Layout
 
@@ -185,3 +187,17 @@ class TestHelp:
         lines = [line.strip(" │").rstrip("\\").strip() for line in shown.splitlines()]
         missing = [example for example in EXAMPLES[path] if example not in lines]
         assert not missing, shown
+
+
+class TestRemoteRoundStart:
+    """`run --remote` says when its round starts, so a long wait is seen as one."""
+
+    def test_a_wait_under_a_minute_is_said_in_seconds(self) -> None:
+        assert starts_in(2.46) == "in 2.5 s"
+        assert starts_in(-0.3) == "in 0.0 s"  # already late: no negative wait
+
+    def test_a_long_wait_says_how_long_when_and_how_to_stop_waiting(self) -> None:
+        now = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+        said = starts_in(2 * 3600 + 5 * 60 + 10, now=now)
+        assert said == "in 2 h 5 min, at 14:05:10 UTC (Ctrl-C stops waiting)"
+        assert starts_in(600, now=now) == "in 10 min, at 12:10:00 UTC (Ctrl-C stops waiting)"
