@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,26 @@ class TestInitCommand:
             env=cli_env, cwd=tmp_path, check=True,
         )  # fmt: skip
         assert proc.stdout.startswith("round 0: 6 approved; paid 1,000,000,000")
+
+    def test_the_readmes_sandbox_commands_run_one_after_another_as_written(
+        self, cli_env: dict[str, str], prefect_api: str, tmp_path: Path
+    ) -> None:
+        """Every `koiitasks` command of the new README's "Run it in the sandbox" section, in
+        its order, in the task's folder, succeeds: none is refused by what an earlier one
+        stored (a store keeps the network it was made with)."""
+        koiitasks("init", "readme-task", env=cli_env, cwd=tmp_path, check=True)
+        folder = tmp_path / "readme-task"
+        section = (folder / "README.md").read_text().split("## Run it in the sandbox")[1]
+        section = section.split("\n## ")[0]
+        commands = [
+            shlex.split(line.split("#")[0])[1:]
+            for line in section.splitlines()
+            if line.startswith("koiitasks ")
+        ]
+        assert len(commands) >= 4, section
+        env = {**cli_env, "PREFECT_API_URL": prefect_api}
+        for command in commands:
+            koiitasks(*command, env=env, cwd=folder, check=True)
 
     @pytest.mark.parametrize(
         ("args", "expected"),
