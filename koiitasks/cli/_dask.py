@@ -42,7 +42,12 @@ def dask_round_runner(
     from flows.dask_round import dask_round  # noqa: PLC0415
     from koiitasks import cluster  # noqa: PLC0415
 
+    # The flow checks these too (a deployment has no command line), but from inside a flow run,
+    # which Prefect reports as a crash with its traceback: said here first, no run started.
     cluster.check_prefect_api(PREFECT_API_URL.value())
+    cluster.check_shared_store(options["store"])
+    if cluster.local_workers(address) is None:
+        cluster.check_reachable(address)
     with cluster.scheduler(address) as scheduler:
 
         def run_one(number: int) -> RoundResult:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from flows.dask_round import dask_round
@@ -201,6 +203,47 @@ class TestDaskCommandLine:
         printed = [RoundResult.model_validate_json(line) for line in proc.stdout.splitlines()]
         alone = sandbox(HASH_PUZZLE, nodes=10, seed=6, adversaries={"lazy": 1})
         assert printed == [alone.run_round(0), alone.run_round(1)]
+
+    @pytest.mark.parametrize(
+        ("store", "address", "said"),
+        [
+            pytest.param(
+                "memory://one-process", "local:2", "lives inside one process", id="memory-store"
+            ),
+            pytest.param("store", "tcp://127.0.0.1:9", "is unreachable", id="no-scheduler"),
+        ],
+    )
+    def test_a_store_or_scheduler_dask_cannot_use_is_refused_before_any_flow_run(
+        self,
+        cli_env: dict[str, str],
+        prefect_api: str,
+        tmp_path: Path,
+        store: str,
+        address: str,
+        said: str,
+    ) -> None:
+        """A store the workers cannot share, or a scheduler nobody listens at, exits 2 with
+        the error and its hint, no traceback, and no flow run left failed on the server."""
+        env = {**cli_env, "PREFECT_API_URL": prefect_api}
+        task_dir = tmp_path / "dask-refused"
+        shutil.copytree(HASH_PUZZLE, task_dir)
+        config = task_dir / "config-task.yml"  # its own task id, so its own flow run names
+        config.write_text(config.read_text().replace("Hash Puzzle", "Dask Refused"))
+        proc = koiitasks(
+            *["run", str(task_dir), "--nodes", "4", "--store", store, "--dask", address],
+            env=env,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert said in proc.stderr
+        assert "hint:" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        runs = httpx.post(
+            f"{prefect_api}/flow_runs/filter",
+            json={"flow_runs": {"name": {"like_": "dask-refused-round"}}},
+            timeout=30,
+        ).json()
+        assert runs == []
 
     def test_dask_without_a_prefect_server_says_how_to_start_one(
         self, cli_env: dict[str, str], tmp_path: Path
