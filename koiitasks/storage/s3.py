@@ -293,7 +293,8 @@ def s3_client_for(
     if endpoint_url is not None:
         raise ConfigError(
             f"store {location.url!r} is moto in-process and takes no endpoint URL",
-            hint=f"to use a moto server, name the store s3://{location.bucket}",
+            hint=f"to use the server at {endpoint_url}, name the store s3://{location.bucket}; "
+            "for moto in this process, unset KOII_S3_ENDPOINT_URL (it is for s3:// stores)",
         )
     _moto.start()
     return make_s3_client(region_name=MOTO_REGION, credentials=MOTO_CREDENTIALS, **client_options)
@@ -320,7 +321,7 @@ class _MotoInProcess:
             except ImportError as e:
                 raise ConfigError(
                     f"moto:// stores need moto: {e}",
-                    hint="pip install 'moto[s3]' (or 'koiitasks[dev]')",
+                    hint="pip install 'koiitasks[testing]' (it brings moto)",
                 ) from e
             # Our clients sign with MOTO_CREDENTIALS: moto need not rewrite os.environ.
             mock_aws(config={"core": {"mock_credentials": False}}).start()

@@ -59,7 +59,7 @@ def mock_s3_store(bucket: str = "koii-test", *, prefix: str = "") -> Iterator[S3
     try:
         from moto import mock_aws  # noqa: PLC0415 - moto is a test dependency
     except ImportError as e:  # pragma: no cover - moto is in the dev extra
-        raise ImportError("mock_s3_store needs moto: pip install 'moto[s3]'") from e
+        raise ImportError("mock_s3_store needs moto: pip install 'koiitasks[testing]'") from e
     with mock_aws(config={"core": {"mock_credentials": False}}):
         client = make_s3_client(region_name=MOTO_REGION, credentials=MOTO_CREDENTIALS)
         url = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
