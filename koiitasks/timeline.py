@@ -75,7 +75,9 @@ class Timeline(KoiiModel):
     """Slots until the next round starts."""
     open: list[WindowState]
     next: WindowState | None
-    """The next window to open after this slot."""
+    """The next window to open after this slot (the oldest round's, when several open then)."""
+    next_also: list[WindowState]
+    """The other windows that open at the same slot as ``next``, oldest round first."""
 
     def lines(self) -> list[str]:
         """The timeline as a person reads it."""
@@ -100,8 +102,10 @@ class Timeline(KoiiModel):
             ]
         if self.next is not None:
             w = self.next
+            names = [f"round {x.round:,} {x.name}" for x in [w, *self.next_also]]
+            together = ", ".join(names[:-1]) + f" and {names[-1]} open" if len(names) > 1 else ""
             lines.append(
-                f"next: round {w.round:,} {w.name} opens in {w.slots_remaining} slots "
+                f"next: {together or names[0] + ' opens'} in {w.slots_remaining} slots "
                 f"(slot {w.start:,})"
             )
         return lines
@@ -151,6 +155,7 @@ def read_timeline(
         next_round_in=(first + schedule.round_time - slot) if current >= 0 else first - slot,
         open=sorted((s for s in states if s.open), key=lambda s: -s.round),
         next=upcoming[0] if upcoming else None,
+        next_also=[s for s in upcoming[1:] if s.start == upcoming[0].start],
     )
 
 

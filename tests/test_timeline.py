@@ -105,6 +105,10 @@ class TestReadTimeline:
         assert (timeline.next.round, timeline.next.name, timeline.next.slots_remaining) == (
             next_window
         )
+        # Windows opening at the same slot come with it, older rounds first.
+        together = [timeline.next, *timeline.next_also]
+        assert {w.start for w in together} == {timeline.next.start}
+        assert [w.round for w in together] == sorted(w.round for w in together)
         assert timeline.next_round_in == (round_number + 1) * 10 - slot
 
     def test_before_the_starting_slot_there_is_no_round(self) -> None:
@@ -115,6 +119,8 @@ class TestReadTimeline:
         assert timeline.open == []
         assert timeline.next is not None
         assert (timeline.next.round, timeline.next.name, timeline.next.start) == (0, "work", 100)
+        assert timeline.next_also == []
+        assert "next: round 0 work opens in 40 slots (slot 100)" in timeline.lines()
         assert timeline.next_round_in == 40
 
     def test_lines_say_it_in_words(self) -> None:
@@ -123,7 +129,11 @@ class TestReadTimeline:
         assert "hash-puzzle at slot 45" in text
         assert "round 4 (slots 40...49); next round in 5 slots (2 s)" in text
         assert "distribution-audit" in text
-        assert "next: round 3 distribution opens in 5 slots (slot 50)" in text
+        # Three windows open at slot 50: each is named, not only the oldest round's.
+        assert (
+            "next: round 3 distribution, round 4 submission and round 5 work open in 5 slots "
+            "(slot 50)" in text
+        )
 
 
 class TestLocateClock:
