@@ -124,6 +124,8 @@ def config_page() -> str:
     settings = ["| variable | default | meaning |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
         settings.append(f"| `KOII_{name.upper()}` | `{info.default}` | {info.description} |")
+    # Read by the command line's entry point itself, before any setting can fail to load.
+    settings.append("| `KOII_DEBUG` | unset | `1` shows the traceback behind an error message |")
     lines = [
         HEADER.format(command=REGENERATE, sources="koiitasks/config.py and koiitasks/settings.py"),
         "# Configuration reference",
@@ -265,7 +267,11 @@ def cli_page() -> str:
         lines += [f"## {name}", "", "```text", f"{name} {_usage(command)}", "```"]
         lines += ["", *_help_blocks(command.help or ""), ""]
         lines += ["| argument or option | type | default | meaning |", "|---|---|---|---|"]
-        lines += [_param_row(p, hints) for p in command.params if p.name != "help"]
+        lines += [
+            _param_row(p, hints)
+            for p in command.params
+            if p.name != "help" and not getattr(p, "hidden", False)  # hidden: for tests only
+        ]
         lines.append("")
     return "\n".join(lines)
 

@@ -184,6 +184,12 @@ class TestGeneratedReference:
             assert f"\n## koiitasks {command}\n" in cli
         for name in TaskConfig.model_fields:
             assert name == "metadata" or f"| `{name}` |" in config
+        for variable in ("KOII_STORE", "KOII_S3_ENDPOINT_URL", "KOII_DEBUG"):
+            assert f"| `{variable}` |" in config, variable
+
+    def test_options_hidden_from_help_are_not_documented(self) -> None:
+        """An option --help hides (kept for tests) is not offered to users in the reference."""
+        assert "--clock-skew-ms" not in PAGES["cli.md"]()
 
 
 class TestCodeBlocks:
