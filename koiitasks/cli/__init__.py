@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import NoReturn
 
 import typer
@@ -44,9 +49,41 @@ INTERRUPTED = "interrupted: records written so far are kept; run again to go on"
 INTERRUPTED_CODE = 130
 
 
+#: Set when a Ctrl-C (SIGINT) reaches the process: a KeyboardInterrupt can surface wrapped in
+#: another error that keeps no trace of it (pydantic-core turns one raised in a serializer into
+#: a PydanticSerializationError naming it in words only; Prefect copies settings that way
+#: between rounds), so its cause chain alone cannot tell.
+_ctrl_c = threading.Event()
+
+
+def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    _ctrl_c.set()
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as it always did
+
+
+@contextmanager
+def _noting_ctrl_c() -> Iterator[None]:
+    """Python's own Ctrl-C handling, noting in ``_ctrl_c`` that one came, while the block runs
+    (unless SIGINT is ignored, as under nohup, or this is not the main thread)."""
+    _ctrl_c.clear()
+    noted = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if noted:
+        signal.signal(signal.SIGINT, _on_ctrl_c)
+    try:
+        yield
+    finally:
+        if noted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _after_interrupt(error: BaseException) -> bool:
     """Whether ``error`` was raised while handling a Ctrl-C: Prefect's engine reports the
     interrupted flow run to its API, and Ctrl-C stops Prefect's temporary server too."""
+    if _ctrl_c.is_set():
+        return True
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
@@ -62,7 +99,8 @@ def main() -> None:
     debug = os.environ.get("KOII_DEBUG") == "1"
     try:
         # Outside standalone mode click returns the code of a `typer.Exit` instead of raising it.
-        code = app(standalone_mode=False)
+        with _noting_ctrl_c():
+            code = app(standalone_mode=False)
     except KoiiTasksError as e:
         if debug:
             raise
@@ -77,8 +115,7 @@ def main() -> None:
             err.print(f"error: {e.format_message()}", markup=False, highlight=False)
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):  # click turns a Ctrl-C into Abort
-        err.print(INTERRUPTED)
-        sys.exit(INTERRUPTED_CODE)
+        _interrupted()
     except Exception as e:
         if debug:
             raise
@@ -89,8 +126,16 @@ def main() -> None:
         sys.exit(code)
 
 
+def _interrupted() -> NoReturn:
+    err.print(INTERRUPTED)
+    sys.exit(INTERRUPTED_CODE)
+
+
 def _failed(error: KoiiTasksError) -> NoReturn:
-    """Exit on an error a command raised on purpose: its message, its hint, its exit code."""
+    """Exit on an error a command raised on purpose: its message, its hint, its exit code
+    (or, when a Ctrl-C made a step fail, that it was interrupted)."""
+    if _after_interrupt(error):
+        _interrupted()
     err.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
     if error.hint:
         err.print(f"  hint: {error.hint}", markup=False, highlight=False, soft_wrap=True)
@@ -103,8 +148,7 @@ def _failed(error: KoiiTasksError) -> NoReturn:
 def _unexpected(error: Exception) -> NoReturn:
     """Exit on an error no command turned into a message: a bug, unless a Ctrl-C caused it."""
     if _after_interrupt(error):  # Prefect failed to report the Ctrl-C to a server it stopped
-        err.print(INTERRUPTED)
-        sys.exit(INTERRUPTED_CODE)
+        _interrupted()
     err.print(
         f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))}\n"
         "  this is a bug in koiitasks; rerun with KOII_DEBUG=1 for the traceback and report it",

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from datetime import UTC, datetime
 
 import pytest
 import typer
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 from typer.core import TyperCommand, TyperGroup
 from typer.testing import CliRunner
 
 from koiitasks import cli
 from koiitasks.cli._common import resolve_task
 from koiitasks.cli.remote import starts_in
-from koiitasks.errors import InvalidKey
+from koiitasks.errors import InvalidKey, RoundError
 from koiitasks.storage import Layout
 
 
@@ -81,6 +85,34 @@ def failing(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> None:
         raise ValueError("unexpected")
 
+    class Part(BaseModel):
+        """A part of a model whose serializer is running when the Ctrl-C comes, as Prefect's
+        settings are when it copies them between rounds."""
+
+        @model_serializer(mode="wrap")
+        def _dump(self, handler: SerializerFunctionWrapHandler) -> object:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled in this function
+            time.sleep(0.2)
+            return handler(self)
+
+    class Settings(BaseModel):
+        part: Part = Part()
+
+        @model_serializer(mode="wrap")
+        def _dump(self, handler: SerializerFunctionWrapHandler) -> object:
+            return handler(self)  # nested: pydantic-core's error keeps no KeyboardInterrupt
+
+    @app.command()
+    def copying() -> None:
+        Settings().model_dump()
+
+    @app.command()
+    def step() -> None:
+        try:
+            ctrl_c()
+        except KeyboardInterrupt as e:  # a shard that failed because it was stopped
+            raise RoundError("1 of 2 execute shards failed", hint="run the round again") from e
+
     monkeypatch.setattr(cli, "app", app)
 
 
@@ -113,6 +145,24 @@ class TestUnexpectedErrors:
         said = capsys.readouterr().err
         assert "interrupted: records written so far are kept" in said
         assert "internal error" not in said
+
+    @pytest.mark.usefixtures("failing")
+    @pytest.mark.parametrize("command", ["copying", "step"])
+    def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interruption(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+    ) -> None:
+        """A Ctrl-C that lands in a pydantic serializer (which turns it into an error naming
+        it in words only) or makes a step fail ends as an interruption, exit 130: not an
+        internal error, not the step's own message. Python's Ctrl-C handler is back after."""
+        monkeypatch.setattr(sys, "argv", ["koiitasks", command])
+        with pytest.raises(SystemExit) as ended:
+            cli.main()
+        assert ended.value.code == 130
+        said = capsys.readouterr().err
+        assert "interrupted: records written so far are kept" in said
+        assert "internal error" not in said
+        assert "shards failed" not in said
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     @pytest.mark.usefixtures("failing")
     def test_any_other_unexpected_error_is_an_internal_error(
