@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -188,6 +189,75 @@ class TestRun:
         settled = len(list(ledger.iterdir()))
         again = koiitasks(*run[3:], "--rounds", "1", "--json", env=cli_env, cwd=tmp_path)
         assert [r["round"] for r in json_lines(again.stdout)] == [settled], again.stderr
+
+    @pytest.mark.parametrize(
+        ("signum", "to_group"),
+        [(signal.SIGTERM, False), (signal.SIGHUP, True)],
+        ids=["kill-of-the-run", "terminal-hang-up"],
+    )
+    def test_a_killed_run_stops_prefects_temporary_server_too(
+        self, cli_env: dict[str, str], tmp_path: Path, signum: signal.Signals, to_group: bool
+    ) -> None:
+        """`kill` of a run (its process alone), or its terminal hanging up (its process group;
+        the server, in a session of its own, is not in it), ends the run as the signal always
+        did, and stops the temporary API server it started first (a killed run left it
+        running, orphaned)."""
+        env = {k: v for k, v in cli_env.items() if k != "PREFECT_API_URL"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "koiitasks", "run", str(HASH_PUZZLE), "--nodes", "500",
+             "--rounds", "100000"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        server = None
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("round 0: ")
+            (server,) = children(proc.pid)
+            if to_group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+            proc.wait(timeout=300)
+        finally:
+            proc.kill()
+            proc.wait()
+            if server is not None and not is_zombie(server):
+                os.kill(server, signal.SIGKILL)  # not left behind by a failing test
+        assert proc.returncode == -signum
+        assert is_zombie(server)
+
+    def test_ctrl_c_in_a_terminal_leaves_prefects_server_up_until_the_run_is_reported(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """A terminal's Ctrl-C goes to its whole foreground process group. Prefect's temporary
+        API server runs in a session of its own, so that Ctrl-C stops only the run, which
+        reports its interrupted flow run to a server still there (when the server stopped
+        too, Prefect retried it for over a minute, warning it could not connect): exit 130,
+        no connection warning, and the server stopped when the run ends."""
+        env = {k: v for k, v in cli_env.items() if k != "PREFECT_API_URL"}  # the temporary one
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "koiitasks", "run", str(HASH_PUZZLE), "--nodes", "1000",
+             "--rounds", "100000"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # a terminal's foreground group, led by the run
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("round 0: ")
+            (server,) = children(proc.pid)
+            assert os.getsid(server) != os.getsid(proc.pid)
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+            _, stderr = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130, stderr[-3000:]
+        assert "interrupted: records written so far are kept" in stderr
+        assert "Unable to connect" not in stderr
+        assert "Traceback" not in stderr
+        assert not Path(f"/proc/{server}").exists() or is_zombie(server)
+        koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path, check=True)
 
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path
@@ -406,3 +476,19 @@ class TestLedgerCommands:
         assert failed["ok"] is False
         assert failed["exit_code"] == 1
         assert "0000000000.json" in failed["error"]
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux: each of its threads lists its own)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and only waits to be reaped (its parent is gone or slow)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -127,12 +127,14 @@ def _flow_runner(
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import remote_round  # noqa: PLC0415
+    from koiitasks.cli._prefect import start_temporary_server  # noqa: PLC0415
     from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415 - used at run time
 
     # Without PREFECT_API_URL the first client starts a temporary server (10 s or more): start
     # it now, before a round is chosen, not while the round's window runs.
     try:
+        start_temporary_server()  # apart from the terminal's Ctrl-C (see its module)
         with get_client(sync_client=True) as client:
             client.api_healthcheck()
     except (RuntimeError, httpx.HTTPError) as e:  # Prefect's own "server did not start"

@@ -231,12 +231,14 @@ def _flow_runner(stack: ExitStack, task_dir: str, options: dict[str, Any]) -> An
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import sandbox_round  # noqa: PLC0415
+    from koiitasks.cli._prefect import start_temporary_server  # noqa: PLC0415
     from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
 
     def run_one(number: int) -> RoundResult:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
         try:
+            start_temporary_server()  # apart from the terminal's Ctrl-C (see its module)
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 if SyncClientContext.get() is None:  # one API client for every round of the
                     # run: Prefect makes a new one (and its TLS context) per flow run, 40 ms each
