@@ -251,6 +251,10 @@ def remote_round(
     """Run one round of a task on its registered remote nodes, on the wall clock (the
     result as JSON text, like :func:`sandbox_round`)."""
     remote = open_remote(
-        task_dir, store=store, key_file=key_file, skew_tolerance_slots=skew_tolerance_slots
+        task_dir,
+        store=store,
+        key_file=key_file,
+        skew_tolerance_slots=skew_tolerance_slots,
+        s3_endpoint_url=load_settings().s3_endpoint_url,
     )
     return run_round_steps(remote.engine, round_number).model_dump_json()

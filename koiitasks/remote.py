@@ -173,11 +173,13 @@ def open_remote(
     key_file: Path | str,
     skew_tolerance_slots: int = 1,
     concurrency: int = DEFAULT_CONCURRENCY,
+    s3_endpoint_url: str | None = None,
 ) -> Remote:
     """The remote orchestrator for a task dir, store and key, made once per process (so every
-    round flow in the process reuses its connections)."""
+    round flow in the process reuses its connections); an ``s3://`` store is reached through
+    ``s3_endpoint_url`` when given (MinIO, a moto server)."""
     loaded = load_task(task_dir)
-    the_store = open_store(store)
+    the_store = open_store(store, s3_endpoint_url=s3_endpoint_url)
     key_path = Path(key_file).absolute()
     cache_key = (loaded.directory, the_store.url, key_path, skew_tolerance_slots, concurrency)
     with _cache_lock:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from koiitasks.cli._common import JsonOption, StoreOption, TaskOption, out, store_url
+from koiitasks.cli._common import JsonOption, StoreOption, TaskOption, open_store_at, out, store_url
 
 if TYPE_CHECKING:
     from koiitasks.config import TaskConfig
@@ -46,10 +46,9 @@ def slot(
         koiitasks slot
         koiitasks slot --task examples/hash-puzzle --sandbox --json
     """
-    from koiitasks.storage import open_store  # noqa: PLC0415 - keep --help fast
-    from koiitasks.timeline import locate_clock  # noqa: PLC0415
+    from koiitasks.timeline import locate_clock  # noqa: PLC0415 - keep --help fast
 
-    the_store = open_store(store_url(store))
+    the_store = open_store_at(store_url(store))
     config = _task_config(the_store, task)
     position = locate_clock(
         the_store,
@@ -96,11 +95,10 @@ def round_(
         koiitasks round examples/hash-puzzle --sandbox --json
     """
     from koiitasks.clock import Schedule  # noqa: PLC0415 - keep --help fast
-    from koiitasks.storage import open_store  # noqa: PLC0415
     from koiitasks.timeline import locate_clock, read_timeline  # noqa: PLC0415
 
     config = _config_of_folder(task_dir)
-    the_store = open_store(store_url(store))
+    the_store = open_store_at(store_url(store))
     position = locate_clock(
         the_store,
         config.id,

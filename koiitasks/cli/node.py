@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from koiitasks.cli._common import JsonOption, StoreOption, err, out, setup_logging, store_url
+from koiitasks.cli._common import (
+    JsonOption,
+    StoreOption,
+    err,
+    open_store_at,
+    out,
+    setup_logging,
+    store_url,
+)
 from koiitasks.errors import ConfigError
 
 app = typer.Typer(
@@ -170,13 +178,12 @@ def register(
     """
     from koiitasks.identity import load_key  # noqa: PLC0415
     from koiitasks.network import register_node  # noqa: PLC0415
-    from koiitasks.storage import open_store  # noqa: PLC0415
     from koiitasks.task import load_task  # noqa: PLC0415
 
     loaded = load_task(task)
     the_url = store_url(store)
     amount = loaded.config.minimum_stake_amount if stake is None else stake
-    record = register_node(open_store(the_url), loaded, load_key(key), url=url, stake=amount)
+    record = register_node(open_store_at(the_url), loaded, load_key(key), url=url, stake=amount)
     body = record.body
     if json_out:
         print(json.dumps(body.model_dump(mode="json")))

@@ -42,6 +42,7 @@ def run_remote(
 ) -> None:
     """Run rounds against registered nodes and print them as `koiitasks run` does."""
     from koiitasks.remote import open_remote  # noqa: PLC0415 - keep --help fast
+    from koiitasks.settings import load_settings  # noqa: PLC0415
 
     if key is None:
         raise typer.BadParameter(
@@ -55,7 +56,11 @@ def run_remote(
             "store (`koiitasks node register`)"
         )
     remote = open_remote(
-        task_dir, store=store, key_file=key, skew_tolerance_slots=skew_tolerance_slots
+        task_dir,
+        store=store,
+        key_file=key,
+        skew_tolerance_slots=skew_tolerance_slots,
+        s3_endpoint_url=load_settings().s3_endpoint_url,
     )
     try:
         runner: Callable[[int], RoundResult] = (

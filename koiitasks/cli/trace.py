@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from koiitasks.cli._common import JsonOption, StoreOption, TaskOption, out, resolve_task, store_url
+from koiitasks.cli._common import (
+    JsonOption,
+    StoreOption,
+    TaskOption,
+    open_store_at,
+    out,
+    resolve_task,
+    store_url,
+)
 
 
 def trace(
@@ -37,12 +45,11 @@ def trace(
     from koiitasks.errors import RoundError  # noqa: PLC0415 - keep --help fast
     from koiitasks.ledger import read_ledger  # noqa: PLC0415
     from koiitasks.network import load_network  # noqa: PLC0415
-    from koiitasks.storage import open_store  # noqa: PLC0415
     from koiitasks.trace import resolve_node, trace_node  # noqa: PLC0415
 
     url = store_url(store)
     task_id = resolve_task(url, task)
-    the_store = open_store(url)
+    the_store = open_store_at(url)
     network = load_network(the_store, task_id)
     node_id = resolve_node(network.behaviours(), node)
     if round_number is None:

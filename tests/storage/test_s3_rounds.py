@@ -87,6 +87,34 @@ class TestCliOnMotoServer:
         assert verified.returncode == 0, verified.stderr
         assert verified.stdout.startswith("ok: 2 ledger entries")
 
+    def test_every_command_that_reads_a_store_reaches_it_through_the_endpoint(
+        self, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """slot, round, trace and node register reach an s3:// store through
+        KOII_S3_ENDPOINT_URL, as run and ledger do (they went to AWS instead)."""
+        url = f"s3://{unique_bucket_name('koii-cmds')}/p"
+        koiitasks("storage", "init", url, env=env, cwd=tmp_path, check=True)
+        koiitasks(
+            "run", str(HASH_PUZZLE), "--store", url, "--nodes", "4", "--seed", "5", "--plain",
+            env=env, cwd=tmp_path, check=True,
+        )  # fmt: skip
+        slot = koiitasks("slot", "--store", url, "--sandbox", "--json", env=env, cwd=tmp_path)
+        assert slot.returncode == 0, slot.stderr
+        assert json.loads(slot.stdout)["slot"] == 10  # where the sandbox's round 1 starts
+        shown = koiitasks("round", str(HASH_PUZZLE), "--store", url, "--sandbox", "--json",
+                          env=env, cwd=tmp_path)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["round"] == 1
+        traced = koiitasks("trace", "honest", "--store", url, env=env, cwd=tmp_path)
+        assert traced.returncode == 0, traced.stderr
+        assert "round 0" in traced.stdout
+        koiitasks("node", "keygen", "--out", "node.json", env=env, cwd=tmp_path, check=True)
+        registered = koiitasks(
+            "node", "register", "--task", str(HASH_PUZZLE), "--key", "node.json", "--url",
+            "http://127.0.0.1:8001", "--store", f"{url}-remote", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+
     def test_a_missing_bucket_is_a_clear_error(self, env: dict[str, str], tmp_path: Path) -> None:
         """Running against a bucket that was never made says so and how to make it."""
         url = f"s3://{unique_bucket_name('missing')}"
