@@ -19,13 +19,14 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 import httpx
 
-from koiitasks.deployment import DeploymentPlan
+from koiitasks.deployment import FLOW_NAME, DeploymentPlan
 from koiitasks.errors import OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
@@ -73,6 +74,31 @@ def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> 
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return deployment
+
+
+@dataclass(frozen=True)
+class ExistingDeployment:
+    """The deployment of a task the server already holds: its id and the store it runs on."""
+
+    id: UUID
+    name: str
+    store: str | None
+
+
+def existing_deployment(task_id: str) -> ExistingDeployment | None:
+    """The task's deployment on the server, or None. Asked before ``koiitasks deploy`` writes
+    anything to the store: a server that does not answer stops it there."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    name = f"{FLOW_NAME}/{task_id}"
+    with prefect_api(f"look for deployment {name!r}"), get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+    store = (found.parameters or {}).get("store")
+    return ExistingDeployment(found.id, name, store if isinstance(store, str) else None)
 
 
 def ensure_work_pool(name: str) -> bool:
