@@ -27,7 +27,7 @@ from uuid import UUID
 import httpx
 
 from koiitasks.deployment import FLOW_NAME, DeploymentPlan
-from koiitasks.errors import OrchestrationError
+from koiitasks.errors import ConfigError, OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
 from koiitasks.logs import quiet_api_outages
@@ -99,6 +99,20 @@ def existing_deployment(task_id: str) -> ExistingDeployment | None:
             return None
     store = (found.parameters or {}).get("store")
     return ExistingDeployment(found.id, name, store if isinstance(store, str) else None)
+
+
+def refuse_another_store(existing: ExistingDeployment | None, store_url: str) -> None:
+    """A deployment runs its task on one store: deploying it to another would repoint it, and
+    the runs it already scheduled would go on writing to the first."""
+    if existing is None or existing.store is None or existing.store == store_url:
+        return
+    raise ConfigError(
+        f"deployment {existing.name} ({existing.id}) runs its task on store {existing.store}, "
+        f"not {store_url}",
+        hint=f"deploy with --store {existing.store} to serve it again, or stop its serve "
+        f"process and delete it (`prefect deployment delete {existing.name}`) to deploy the "
+        "task to another store",
+    )
 
 
 def ensure_work_pool(name: str) -> bool:

@@ -103,6 +103,7 @@ def deploy(
         # stopped here would otherwise leave a genesis that no deployment ever served.
         if prefect_yaml is None:
             found = serving.existing_deployment(load_task(task_dir).task_id)
+            serving.refuse_another_store(found, url)
             existing.append(found)
 
     deployment.prepare_deployed_task(

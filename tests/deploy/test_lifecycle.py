@@ -1,4 +1,5 @@
-"""Specifications of deploying a task again: after a deploy that made no deployment.
+"""Specifications of deploying a task again: to the store its deployment runs on, after a
+deploy that made no deployment, or to another store (refused).
 
 Each test registers the deployment for a work pool (`koiitasks deploy --work-pool`), which
 returns once it is registered, against a real `prefect server start` on SQLite.
@@ -14,6 +15,8 @@ import pytest
 
 from koiitasks.clock import OffsetClock, WallClock
 from koiitasks.deployment import prepare_deployed_task
+from koiitasks.storage import Layout
+from koiitasks.task import load_task
 from koiitasks.testing.processes import PrefectServer
 from tests.deploy.conftest import deployed_task
 
@@ -50,3 +53,22 @@ class TestDeployAgain:
         assert "rounds 0-4" in said  # rounds of 8 s: about 450 came due in the hour
         assert "came due with no deployment to run them" in said
         assert "recorded as missed" in said
+
+    def test_a_deployment_is_not_repointed_to_another_store(
+        self, sqlite_server: PrefectServer, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """Deploying the task to a second store exits 2 naming the first store and how to
+        proceed; the second store is not written, and the deployment still runs on the first."""
+        task_dir = deployed_task(tmp_path, "One store")
+        first = register(task_dir, tmp_path / "first", sqlite_server, cli_env, tmp_path)
+        assert first.returncode == 0, first.stderr
+        again = register(task_dir, tmp_path / "second", sqlite_server, cli_env, tmp_path)
+        assert again.returncode == 2, again.stderr
+        said = " ".join(again.stderr.split())
+        assert f"on store {tmp_path / 'first'}, not {tmp_path / 'second'}" in said
+        assert "prefect deployment delete" in said
+        assert not (tmp_path / "second").exists()
+        same = register(task_dir, tmp_path / "first", sqlite_server, cli_env, tmp_path)
+        assert same.returncode == 0, same.stderr
+        task_id = load_task(task_dir).task_id
+        assert (tmp_path / "first" / Layout(task_id).task).exists()
