@@ -178,6 +178,8 @@ class Watch(threading.Thread):
         self.plan, self.engine, self.deployment_id, self.say = plan, engine, deployment_id, say
         self.halted = halted
         self.stopped = threading.Event()
+        #: Rounds due from here on came due while serving, not while down.
+        self.serving_since_ms = engine.slot_clock.clock.now_ms()
         # Re-runs already reported (at start): the same crashed run gives the same re-run.
         self._announced: set[UUID] = set(announced)
 
@@ -192,14 +194,20 @@ class Watch(threading.Thread):
                 continue
             next_recovery = time.monotonic() + every
             try:
-                report = recover(self.plan, self.engine, self.deployment_id, starting=False)
+                report = recover(
+                    self.plan,
+                    self.engine,
+                    self.deployment_id,
+                    starting=False,
+                    serving_since_ms=self.serving_since_ms,
+                )
             except Exception as e:  # noqa: BLE001 - the server may be restarting: next round
                 self.say([f"recovery skipped this round: {type(e).__name__}: {e}"])
                 continue
             emit(report.events)
             new = [i for i in report.rerun_ids if i not in self._announced]
             self._announced.update(new)
-            if new or report.missed or report.crashed:
+            if new or report.missed or report.late or report.crashed:
                 report.rerun = report.rerun if new else []
                 self.say(report.lines())
 
