@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import artifacts
 from flows.round import SHARD_CONCURRENCY, run_round_steps
-from koiitasks.deployment import open_deployed_engine, plan_deployment
+from koiitasks.deployment import FLOW_NAME, open_deployed_engine, plan_deployment
 from koiitasks.events import emit, missed_event, round_events
 from koiitasks.live import LiveEngine
 from koiitasks.logs import quiet_api_outages
@@ -113,7 +113,7 @@ def log_nodes(result: RoundResult) -> None:
 
 
 @flow(
-    name="koii-deployed-round",
+    name=FLOW_NAME,
     flow_run_name=_run_name,
     task_runner=ThreadPoolTaskRunner[Any](max_workers=SHARD_CONCURRENCY),  # type: ignore[arg-type]
     persist_result=False,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ from koiitasks.remote import build_remote
 from koiitasks.sandbox import simulated_nodes
 from koiitasks.storage import Layout, Store, open_store
 from koiitasks.task import LoadedTask, load_task
+
+#: The name of the deployed round flow: a task's deployment is ``FLOW_NAME/TASK_ID``.
+FLOW_NAME = "koii-deployed-round"
 
 #: How far ahead of ``koiitasks deploy`` round 0 starts: time for the server to schedule it
 #: and for the serve process to start its flow run.
@@ -130,6 +134,16 @@ class DeploymentPlan:
         return self.genesis_ms + self.schedule.round_start(round_number) * self.slot_ms
 
 
+def unserved_rounds(engine: LiveEngine) -> range:
+    """The rounds from the first unsettled one that can only be missed (their execute windows
+    closed unopened): after a deploy that recorded the task's genesis but never served its
+    rounds, every round since. Later rounds record them as missed."""
+    first = last = engine.next_round()
+    while engine.missed_reason(last) is not None:
+        last += 1
+    return range(first, last)
+
+
 def aligned_genesis(now_ms: int, slot_ms: int, lead_ms: int = DEFAULT_LEAD_MS) -> int:
     """The first slot boundary at least ``lead_ms`` from now; on a whole second too when that
     is at most :data:`ALIGN_WITHIN_MS` away, so the UI's times read cleanly."""
@@ -170,12 +184,16 @@ def prepare_deployed_task(
     key_file: Path | str | None = None,
     lead_ms: int = DEFAULT_LEAD_MS,
     clock: Clock | None = None,
+    before_writing: Callable[[], object] = lambda: None,
 ) -> Network:
     """The task record a deployment runs from: made on the first deploy (with a real genesis),
     checked on the next ones.
 
     ``nodes`` makes simulated nodes; ``key_file`` (the orchestrator's) runs on the nodes
     registered in the store, and must be the key that made the task record if there is one.
+    ``before_writing`` is called once the arguments are checked, before the store is written:
+    an error it raises leaves the store as it was (``koiitasks deploy`` asks the Prefect API
+    there, so that a server that does not answer leaves no genesis behind).
     """
     loaded = load_task(task_dir)
     store = open_store(store_url)
@@ -196,7 +214,15 @@ def prepare_deployed_task(
         )
     clock = clock or WallClock()
     if key_file is not None:
-        return _prepare_remote(store, loaded, record, key_file, lead_ms=lead_ms, clock=clock)
+        return _prepare_remote(
+            store,
+            loaded,
+            record,
+            key_file,
+            lead_ms=lead_ms,
+            clock=clock,
+            before_writing=before_writing,
+        )
     if record is not None and record.network is None:
         error = NetworkMismatchError if simulated else ConfigError
         raise error(
@@ -211,6 +237,7 @@ def prepare_deployed_task(
             "(koiitasks run); a deployment runs on the wall clock",
             hint="deploy with another --store",
         )
+    before_writing()
     genesis = aligned_genesis(clock.now_ms(), loaded.config.slot_ms, lead_ms)
     return open_sandbox_network(
         store, loaded, nodes=nodes, seed=seed, adversaries=adversaries, genesis_ms=genesis
@@ -225,6 +252,7 @@ def _prepare_remote(
     *,
     lead_ms: int,
     clock: Clock,
+    before_writing: Callable[[], object],
 ) -> Network:
     """The task record for registered nodes: made with a genesis ``lead_ms`` ahead, once some
     node has registered (a record made earlier would leave its first rounds to be missed)."""
@@ -237,6 +265,7 @@ def _prepare_remote(
     key = load_orchestrator_key(key_file, record, where=store.url)
     if record is None and not store.list(Layout(loaded.task_id).nodes):
         raise no_registered_node(loaded.task_id, store.url, then=" in this store, then deploy")
+    before_writing()
     now_ms = clock.now_ms()
     genesis = aligned_genesis(now_ms, loaded.config.slot_ms, lead_ms)
     return open_remote_network(store, loaded, key, now_ms=now_ms, genesis_ms=genesis)

@@ -12,12 +12,17 @@ it looks at the deployment's unfinished runs:
   died before running: the server went away as it started, so nobody could report the crash,
   and the run would sit pending for good); a running one may be on another host, having missed
   its claim, and is left alone. A run is crashed only if it is still in the state it was listed
-  in. If its round can still settle (before
-  :meth:`~koiitasks.live.LiveEngine.settle_deadline`), a new run of the same round is created:
-  every step of a round reads back what the store holds, so the rerun finishes the round with
-  the bytes the first run would have written, and the ledger's create-only entry pays it once.
+  in. Runs of any age are looked at, not only those of the live rounds: until it is crashed, a
+  run left pending or running holds one of the deployment's concurrency slots, and a few of
+  them would leave the rounds due now waiting until their windows closed. If its round can
+  still settle (before :meth:`~koiitasks.live.LiveEngine.settle_deadline`), a new run of the
+  same round is created: every step of a round reads back what the store holds, so the rerun
+  finishes the round with the bytes the first run would have written, and the ledger's
+  create-only entry pays it once.
 - A scheduled run whose round's execute window has already closed (the deployment was down) is
-  cancelled and its round recorded as missed, with an event, instead of being run late.
+  cancelled and its round recorded as missed, with an event, instead of being run late, so it
+  never takes a run slot. While serving, a round due after serving began is reported as one
+  whose run did not start in time, not as one that came due while down.
 
 - A run that completed and that Prefect's runner then marked cancelled as it stopped (it still
   held the run, whose process had just exited, and cancels what it holds when it stops) is
@@ -89,6 +94,8 @@ class RecoveryReport:
     crashed: list[int] = field(default_factory=list)
     rerun: list[int] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
+    #: Rounds due while serving whose runs had not started when their windows closed.
+    late: list[int] = field(default_factory=list)
     stray: int = 0
     restored: int = 0
     rerun_ids: list[UUID] = field(default_factory=list)
@@ -102,6 +109,11 @@ class RecoveryReport:
             out.append(f"{_rounds(self.rerun)}: re-run from the store")
         if self.missed:
             out.append(f"{_rounds(self.missed)} came due while down: recorded as missed")
+        if self.late:
+            out.append(
+                f"{_rounds(self.late)} came due while serving, but no run of theirs had started "
+                "when their submission windows closed: recorded as missed"
+            )
         if self.stray:
             out.append(f"{self.stray} scheduled runs fall between rounds: cancelled")
         if self.restored:
@@ -179,10 +191,19 @@ def _is_zombie(pid: int) -> bool:
 
 
 def recover(
-    plan: DeploymentPlan, engine: LiveEngine, deployment_id: UUID, *, starting: bool = True
+    plan: DeploymentPlan,
+    engine: LiveEngine,
+    deployment_id: UUID,
+    *,
+    starting: bool = True,
+    serving_since_ms: int | None = None,
 ) -> RecoveryReport:
     """Crash and re-run the deployment's dead runs; cancel and record the runs that came due
     while nothing ran them (see the module docstring).
+
+    ``serving_since_ms`` is when this process began serving: a round due since then was not
+    missed while down, but because its run did not start in time (say, the deployment's runs
+    were at their concurrency limit), and is reported as such.
 
     ``starting`` is for a serve process that has not started any run yet: a run that never
     claimed a process is then dead if it is old. While serving (``starting=False``) such runs
@@ -196,11 +217,19 @@ def recover(
     report = RecoveryReport()
     now_ms = engine.slot_clock.clock.now_ms()
     since = _recent(plan, now_ms)
-    wanted = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CRASHED]
-    recent = _runs_in(deployment_id, wanted, since)
+    # Unfinished runs of any age: a pending or running one holds one of the deployment's
+    # concurrency slots until it ends, and a late scheduled one would take one to be missed.
+    unfinished = _runs_in(
+        deployment_id, [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING], None
+    )
+    crashed = _runs_in(deployment_id, [StateType.CRASHED], since)
     local = _LocalRuns()
     with prefect_api("recover the deployment's runs"), get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_run_filter=recent, limit=200):
+        runs = [
+            *client.read_flow_runs(flow_run_filter=unfinished, limit=200),
+            *client.read_flow_runs(flow_run_filter=crashed, limit=200),
+        ]
+        for run in runs:
             state = run.state
             number = _round_of(plan, run)
             if state is None:
@@ -208,7 +237,9 @@ def recover(
             if number is None:
                 _cancel_stray(client, run, report)
             elif state.type == StateType.SCHEDULED:
-                _missed_while_down(client, plan, engine, run, number, report)
+                _missed_while_down(
+                    client, plan, engine, run, number, report, serving_since_ms=serving_since_ms
+                )
             elif state.type == StateType.CRASHED:
                 _name_after_round(client, plan, run, number)
                 _rerun(client, plan, engine, deployment_id, run, number, report)
@@ -300,8 +331,8 @@ def _recent(plan: DeploymentPlan, now_ms: int) -> dt.datetime:
     )
 
 
-def _runs_in(deployment_id: UUID, states: list[Any], since: dt.datetime) -> Any:
-    """A filter for the deployment's runs in one of ``states``, due after ``since``."""
+def _runs_in(deployment_id: UUID, states: list[Any], since: dt.datetime | None) -> Any:
+    """A filter for the deployment's runs in one of ``states``, due after ``since`` if given."""
     from prefect.client.schemas.filters import (  # noqa: PLC0415
         FlowRunFilter,
         FlowRunFilterDeploymentId,
@@ -313,7 +344,7 @@ def _runs_in(deployment_id: UUID, states: list[Any], since: dt.datetime) -> Any:
     return FlowRunFilter(
         deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)),
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
+        expected_start_time=None if since is None else FlowRunFilterExpectedStartTime(after_=since),
     )
 
 
@@ -484,19 +515,25 @@ def _missed_while_down(
     run: Any,
     number: int,
     report: RecoveryReport,
+    *,
+    serving_since_ms: int | None,
 ) -> None:
     from prefect.states import Cancelled  # noqa: PLC0415
 
     why = engine.missed_reason(number)
     if why is None:
         return  # still due, or already opened: the run goes ahead
-    reason = f"nothing ran it before its submission window closed ({why})"
+    late = serving_since_ms is not None and plan.round_start_ms(number) >= serving_since_ms
+    if late:
+        reason = f"its run had not started when its submission window closed ({why})"
+    else:
+        reason = f"nothing ran it before its submission window closed ({why})"
     _name_after_round(client, plan, run, number)
     client.set_flow_run_state(
         run.id, Cancelled(message=f"round {number} missed: {reason}"), force=True
     )
     before = len(engine.recorded_missed)
     missed = engine.note_missed(number, reason)
-    report.missed.append(number)
+    (report.late if late else report.missed).append(number)
     if len(engine.recorded_missed) > before:
         report.events.append(missed_event(engine.task_id, number, missed.reason))

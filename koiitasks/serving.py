@@ -19,14 +19,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 import httpx
 
-from koiitasks.deployment import DeploymentPlan
-from koiitasks.errors import OrchestrationError
+from koiitasks.deployment import FLOW_NAME, DeploymentPlan
+from koiitasks.errors import ConfigError, OrchestrationError
 from koiitasks.events import emit
 from koiitasks.live import LiveEngine
 from koiitasks.logs import quiet_api_outages
@@ -73,6 +74,45 @@ def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> 
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return deployment
+
+
+@dataclass(frozen=True)
+class ExistingDeployment:
+    """The deployment of a task the server already holds: its id and the store it runs on."""
+
+    id: UUID
+    name: str
+    store: str | None
+
+
+def existing_deployment(task_id: str) -> ExistingDeployment | None:
+    """The task's deployment on the server, or None. Asked before ``koiitasks deploy`` writes
+    anything to the store: a server that does not answer stops it there."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415
+
+    name = f"{FLOW_NAME}/{task_id}"
+    with prefect_api(f"look for deployment {name!r}"), get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+    store = (found.parameters or {}).get("store")
+    return ExistingDeployment(found.id, name, store if isinstance(store, str) else None)
+
+
+def refuse_another_store(existing: ExistingDeployment | None, store_url: str) -> None:
+    """A deployment runs its task on one store: deploying it to another would repoint it, and
+    the runs it already scheduled would go on writing to the first."""
+    if existing is None or existing.store is None or existing.store == store_url:
+        return
+    raise ConfigError(
+        f"deployment {existing.name} ({existing.id}) runs its task on store {existing.store}, "
+        f"not {store_url}",
+        hint=f"deploy with --store {existing.store} to serve it again, or stop its serve "
+        f"process and delete it (`prefect deployment delete {existing.name}`) to deploy the "
+        "task to another store",
+    )
 
 
 def ensure_work_pool(name: str) -> bool:
@@ -138,6 +178,8 @@ class Watch(threading.Thread):
         self.plan, self.engine, self.deployment_id, self.say = plan, engine, deployment_id, say
         self.halted = halted
         self.stopped = threading.Event()
+        #: Rounds due from here on came due while serving, not while down.
+        self.serving_since_ms = engine.slot_clock.clock.now_ms()
         # Re-runs already reported (at start): the same crashed run gives the same re-run.
         self._announced: set[UUID] = set(announced)
 
@@ -152,14 +194,20 @@ class Watch(threading.Thread):
                 continue
             next_recovery = time.monotonic() + every
             try:
-                report = recover(self.plan, self.engine, self.deployment_id, starting=False)
+                report = recover(
+                    self.plan,
+                    self.engine,
+                    self.deployment_id,
+                    starting=False,
+                    serving_since_ms=self.serving_since_ms,
+                )
             except Exception as e:  # noqa: BLE001 - the server may be restarting: next round
                 self.say([f"recovery skipped this round: {type(e).__name__}: {e}"])
                 continue
             emit(report.events)
             new = [i for i in report.rerun_ids if i not in self._announced]
             self._announced.update(new)
-            if new or report.missed or report.crashed:
+            if new or report.missed or report.late or report.crashed:
                 report.rerun = report.rerun if new else []
                 self.say(report.lines())
 

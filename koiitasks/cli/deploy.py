@@ -91,21 +91,21 @@ def deploy(
 
     from koiitasks import deployment, serving  # noqa: PLC0415
     from koiitasks.network import parse_adversaries  # noqa: PLC0415
+    from koiitasks.task import load_task  # noqa: PLC0415
 
     api_url = PREFECT_API_URL.value()
-    if prefect_yaml is not None and not work_pool:
-        raise ConfigError(
-            "--prefect-yaml needs --work-pool: `prefect deploy` registers deployments for "
-            "workers of a pool",
-            hint="add --work-pool NAME (`prefect work-pool create NAME --type process` makes it)",
-        )
-    if not api_url and prefect_yaml is None:
-        raise ConfigError(
-            "PREFECT_API_URL is not set: a deployment needs a running Prefect server",
-            hint="start one with `infra/stack.sh start`, then "
-            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`",
-        )
+    _check_options(api_url, prefect_yaml, work_pool)
     url = store_url(store)
+    existing: list[serving.ExistingDeployment | None] = []
+
+    def reach_server() -> None:
+        # Asked once the arguments are checked and before the store is written: a deploy that
+        # stopped here would otherwise leave a genesis that no deployment ever served.
+        if prefect_yaml is None:
+            found = serving.existing_deployment(load_task(task_dir).task_id)
+            serving.refuse_another_store(found, url)
+            existing.append(found)
+
     deployment.prepare_deployed_task(
         task_dir,
         url,
@@ -114,18 +114,21 @@ def deploy(
         adversaries=parse_adversaries(adversary) if adversary else None,
         key_file=key,
         lead_ms=int(start_in * 1000),
+        before_writing=reach_server,
     )
     plan = deployment.plan_deployment(task_dir, url, prefetch_s=prefetch, key_file=key)
     if prefect_yaml is not None and work_pool:
-        prefect_yaml.write_text(serving.prefect_yaml(plan, work_pool=work_pool))
-        out.print(f"wrote {prefect_yaml}", markup=False, highlight=False)
+        _write_prefect_yaml(prefect_yaml, serving.prefect_yaml(plan, work_pool=work_pool))
         return
     engine = deployment.open_deployed_engine(task_dir, url, key_file=plan.key_file)
+
+    # No deployment before this deploy: rounds due since an older genesis were never served.
+    unserved = deployment.unserved_rounds(engine) if existing == [None] else range(0)
 
     def ready(deployment_id: UUID, lines: list[str]) -> None:
         now_round = plan.round_at_ms(engine.slot_clock.clock.now_ms())
         out.print(
-            f"deployment koii-deployed-round/{plan.name} ({deployment_id}): a round every "
+            f"deployment {deployment.FLOW_NAME}/{plan.name} ({deployment_id}): a round every "
             f"{plan.round_ms / 1000:g} s ({plan.schedule.round_time} slots of {plan.slot_ms} ms) "
             f"from round 0 at {plan.anchor.isoformat(timespec='milliseconds')}; now in round "
             f"{max(0, now_round)}; at most {plan.concurrency_limit} runs at once\n"
@@ -134,6 +137,8 @@ def deploy(
             highlight=False,
             soft_wrap=True,
         )
+        if unserved:
+            lines = [_unserved_line(unserved, url), *lines]
         for line in lines:
             out.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -167,3 +172,53 @@ def deploy(
             serving.serve(plan, runner, engine, on_ready=serving_ready, say=say)
     finally:
         engine.pool.close()
+
+
+def _check_options(api_url: object, prefect_yaml: Path | None, work_pool: str | None) -> None:
+    """What the options must say before anything is asked of the server or the store."""
+    if prefect_yaml is not None and not work_pool:
+        raise ConfigError(
+            "--prefect-yaml needs --work-pool: `prefect deploy` registers deployments for "
+            "workers of a pool",
+            hint="add --work-pool NAME (`prefect work-pool create NAME --type process` makes it)",
+        )
+    if not api_url and prefect_yaml is None:
+        raise ConfigError(
+            "PREFECT_API_URL is not set: a deployment needs a running Prefect server",
+            hint="start one with `infra/stack.sh start`, then "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`",
+        )
+    if prefect_yaml is not None:
+        _check_writable(prefect_yaml)
+
+
+def _check_writable(path: Path) -> None:
+    """--prefect-yaml names a file to write: checked before the store is touched."""
+    if path.is_dir() or not path.parent.is_dir():
+        raise ConfigError(
+            f"--prefect-yaml {path}: "
+            + ("is a folder" if path.is_dir() else f"folder {path.parent} does not exist"),
+            hint="give the path of a file to write in an existing folder, e.g. prefect.yaml",
+        )
+
+
+def _write_prefect_yaml(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(
+            f"could not write --prefect-yaml {path}: {e.strerror}",
+            hint="give a file in a folder you can write to",
+        ) from e
+    out.print(f"wrote {path}", markup=False, highlight=False)
+
+
+def _unserved_line(rounds: range, store: str) -> str:
+    """Rounds that came due while no deployment served the task: said, not skipped silently."""
+    span = f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {rounds[0]}-{rounds[-1]}"
+    return (
+        f"{span} ({len(rounds)} rounds) came due with no deployment to run them: the task's "
+        f"genesis was recorded in {store} by an earlier deploy that made no deployment (it "
+        "failed, or the deployment was deleted); they are recorded as missed (--start-in "
+        "applies to a first deploy only; deploy to a new --store to start from round 0)"
+    )

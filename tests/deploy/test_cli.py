@@ -57,6 +57,34 @@ class TestDeployCommand:
         assert proc.returncode == 2
         assert "--prefect-yaml needs --work-pool" in proc.stderr
 
+    def test_a_server_that_does_not_answer_leaves_the_store_untouched(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """The Prefect API is asked before the store is written: exit 2 naming the API, and no
+        task record whose genesis a later deploy would find long past."""
+        proc = koiitasks(
+            "deploy", str(HASH_PUZZLE), "--store", "deployed", "--nodes", "4",
+            env={**cli_env, "PREFECT_API_URL": NO_SERVER}, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "the Prefect API could not" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "deployed").exists()
+
+    def test_prefect_yaml_in_a_missing_folder_exits_2_before_the_store_is_made(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """An --prefect-yaml that cannot be written is refused up front, naming its folder."""
+        proc = koiitasks(
+            "deploy", str(HASH_PUZZLE), "--store", "deployed", "--nodes", "4",
+            "--work-pool", "rounds", "--prefect-yaml", str(tmp_path / "nowhere" / "x.yaml"),
+            env=cli_env, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"folder {tmp_path / 'nowhere'} does not exist" in proc.stderr
+        assert "internal error" not in proc.stderr
+        assert not (tmp_path / "deployed").exists()
+
     def test_prefect_yaml_is_the_same_deployment(
         self, cli_env: dict[str, str], tmp_path: Path
     ) -> None:

@@ -347,3 +347,43 @@ class TestRecovery:
         report = recovery.recover(plan, later, deployment.id, starting=True)
         assert report.crashed == [10]  # nothing is serving: nobody runs it
         assert os.getpid() == int(recovery.process_claim().rsplit(":", 1)[1])
+
+    def test_runs_left_by_a_serve_process_long_gone_hold_no_run_slot(
+        self, deployment: Deployment
+    ) -> None:
+        """Runs of rounds long past, left running or pending by a serve process that is gone
+        (each holds a concurrency slot), are crashed whatever their age, and not re-run; an
+        old run still scheduled is cancelled and its round recorded missed, not run late."""
+        plan, host = deployment.plan, socket.gethostname()
+        running = deployment.run(plan.round_start_ms(3), Running(), claim=f"{host}:{dead_pid()}")
+        pending = deployment.run(plan.round_start_ms(4), Pending(), claim=f"{host}:{dead_pid()}")
+        late = deployment.run(plan.round_start_ms(2))
+        report = recovery.recover(plan, deployment.engine, deployment.id)
+        assert sorted(report.crashed) == [3, 4]
+        assert report.rerun == []
+        assert report.missed == [2]
+        for run in (running, pending):
+            assert deployment.read(run).state.is_crashed()
+        assert deployment.read(late).state.is_cancelled()
+
+    def test_a_round_due_while_serving_is_not_said_to_have_come_due_while_down(
+        self, deployment: Deployment
+    ) -> None:
+        """A round due after serving began whose run never started in its window is recorded
+        missed as one whose run did not start in time; one due before, as missed while down."""
+        plan = deployment.plan
+        deployment.run(plan.round_start_ms(8))
+        deployment.run(plan.round_start_ms(9))
+        serving_since_ms = plan.round_start_ms(9) - 1_000
+        report = recovery.recover(
+            plan, deployment.engine, deployment.id, starting=False,
+            serving_since_ms=serving_since_ms,
+        )  # fmt: skip
+        assert (report.missed, report.late) == ([8], [9])
+        said = report.lines()
+        assert any("round 8 came due while down" in line for line in said)
+        assert not any("round 9 came due while down" in line for line in said)
+        assert any("round 9 came due while serving" in line for line in said)
+        record = deployment.engine.missed_record(9)
+        assert record is not None
+        assert "its run had not started" in record.reason
