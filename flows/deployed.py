@@ -39,6 +39,7 @@ from koiitasks.reports import (
     missed_markdown,
 )
 from koiitasks.round_result import RoundResult
+from koiitasks.settings import load_settings
 from koiitasks.task import load_task
 
 # A run's process loads this module before the run starts: a server restart under it then
@@ -51,7 +52,8 @@ def _round(task_dir: str, store: str, round_number: int | None) -> int | None:
     if round_number is not None:
         return round_number
     start = flow_run.scheduled_start_time
-    return plan_deployment(task_dir, store).round_starting_at_ms(int(start.timestamp() * 1000))
+    plan = plan_deployment(task_dir, store, s3_endpoint_url=load_settings().s3_endpoint_url)
+    return plan.round_starting_at_ms(int(start.timestamp() * 1000))
 
 
 #: Runs of this process whose claim the API did not take (it was away): claimed again once the
@@ -131,7 +133,9 @@ def deployed_round(
     number = _round(task_dir, store, round_number)
     if number is None:
         return Cancelled(message=NOT_A_ROUND)
-    engine = open_deployed_engine(task_dir, store, key_file=key_file)
+    engine = open_deployed_engine(
+        task_dir, store, key_file=key_file, s3_endpoint_url=load_settings().s3_endpoint_url
+    )
     try:
         if engine.is_missed(number):
             record = engine.missed_record(number)

@@ -185,6 +185,7 @@ def prepare_deployed_task(
     lead_ms: int = DEFAULT_LEAD_MS,
     clock: Clock | None = None,
     before_writing: Callable[[], object] = lambda: None,
+    s3_endpoint_url: str | None = None,
 ) -> Network:
     """The task record a deployment runs from: made on the first deploy (with a real genesis),
     checked on the next ones.
@@ -193,10 +194,12 @@ def prepare_deployed_task(
     registered in the store, and must be the key that made the task record if there is one.
     ``before_writing`` is called once the arguments are checked, before the store is written:
     an error it raises leaves the store as it was (``koiitasks deploy`` asks the Prefect API
-    there, so that a server that does not answer leaves no genesis behind).
+    there, so that a server that does not answer leaves no genesis behind). An ``s3://`` store
+    is reached through ``s3_endpoint_url`` when given (MinIO, a moto server), here and in
+    :func:`plan_deployment` and :func:`open_deployed_engine`.
     """
     loaded = load_task(task_dir)
-    store = open_store(store_url)
+    store = open_store(store_url, s3_endpoint_url=s3_endpoint_url)
     record = read_task_record(store, loaded)
     simulated = nodes is not None or seed is not None or bool(adversaries)
     if key_file is not None and simulated:
@@ -277,11 +280,12 @@ def plan_deployment(
     *,
     prefetch_s: float = DEFAULT_PREFETCH_S,
     key_file: Path | str | None = None,
+    s3_endpoint_url: str | None = None,
 ) -> DeploymentPlan:
     """The deployment of a task that ``koiitasks deploy`` prepared in the store; ``key_file``
     (made absolute) is the orchestrator's, for rounds on registered remote nodes."""
     loaded = load_task(task_dir)
-    store = open_store(store_url)
+    store = open_store(store_url, s3_endpoint_url=s3_endpoint_url)
     record = read_task_record(store, loaded)
     if record is None:
         raise RecordError(
@@ -313,11 +317,12 @@ def open_deployed_engine(
     key_file: Path | str | None = None,
     workers: int = 4,
     clock: Clock | None = None,
+    s3_endpoint_url: str | None = None,
 ) -> LiveEngine:
     """The engine for a deployed task's rounds, on the nodes its task record names: simulated
     ones, or the registered ones (which need the orchestrator's ``key_file``)."""
     loaded = load_task(task_dir)
-    store = open_store(store_url)
+    store = open_store(store_url, s3_endpoint_url=s3_endpoint_url)
     record = read_task_record(store, loaded)
     if record is None or record.genesis_ms == 0:
         raise RecordError(

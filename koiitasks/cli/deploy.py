@@ -91,11 +91,13 @@ def deploy(
 
     from koiitasks import deployment, serving  # noqa: PLC0415
     from koiitasks.network import parse_adversaries  # noqa: PLC0415
+    from koiitasks.settings import load_settings  # noqa: PLC0415
     from koiitasks.task import load_task  # noqa: PLC0415
 
     api_url = PREFECT_API_URL.value()
     _check_options(api_url, prefect_yaml, work_pool)
     url = store_url(store)
+    endpoint = load_settings().s3_endpoint_url  # the serve process's runs read it too
     existing: list[serving.ExistingDeployment | None] = []
 
     def reach_server() -> None:
@@ -115,12 +117,17 @@ def deploy(
         key_file=key,
         lead_ms=int(start_in * 1000),
         before_writing=reach_server,
+        s3_endpoint_url=endpoint,
     )
-    plan = deployment.plan_deployment(task_dir, url, prefetch_s=prefetch, key_file=key)
+    plan = deployment.plan_deployment(
+        task_dir, url, prefetch_s=prefetch, key_file=key, s3_endpoint_url=endpoint
+    )
     if prefect_yaml is not None and work_pool:
         _write_prefect_yaml(prefect_yaml, serving.prefect_yaml(plan, work_pool=work_pool))
         return
-    engine = deployment.open_deployed_engine(task_dir, url, key_file=plan.key_file)
+    engine = deployment.open_deployed_engine(
+        task_dir, url, key_file=plan.key_file, s3_endpoint_url=endpoint
+    )
 
     # No deployment before this deploy: rounds due since an older genesis were never served.
     unserved = deployment.unserved_rounds(engine) if existing == [None] else range(0)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from koiitasks.deployment import open_deployed_engine, plan_deployment, prepare_deployed_task
 from koiitasks.storage import FileStore
 from koiitasks.storage.s3 import S3Store
+from koiitasks.storage.s3_init import init_s3_store
 from koiitasks.testing import run_rounds, sandbox
 from koiitasks.testing.s3 import TEST_AWS_ENV, mock_s3_store, s3_store, unique_bucket_name
 from tests.conftest import HASH_PUZZLE, koiitasks, snapshot
@@ -114,6 +116,22 @@ class TestCliOnMotoServer:
             "http://127.0.0.1:8001", "--store", f"{url}-remote", env=env, cwd=tmp_path,
         )  # fmt: skip
         assert registered.returncode == 0, registered.stderr
+
+    def test_a_deployment_on_s3_reaches_its_store_through_the_endpoint(
+        self, moto_endpoint: str
+    ) -> None:
+        """A deployed task's record, plan and engine on an s3:// store are reached through the
+        endpoint given (deploy and its flow runs pass KOII_S3_ENDPOINT_URL), not AWS."""
+        url = f"s3://{unique_bucket_name('koii-deployed')}/d"
+        init_s3_store(url, moto_endpoint)
+        network = prepare_deployed_task(HASH_PUZZLE, url, nodes=4, s3_endpoint_url=moto_endpoint)
+        plan = plan_deployment(HASH_PUZZLE, url, s3_endpoint_url=moto_endpoint)
+        assert plan.genesis_ms == network.task.genesis_ms > 0
+        engine = open_deployed_engine(HASH_PUZZLE, url, s3_endpoint_url=moto_endpoint)
+        try:
+            assert sorted(engine.network.nodes) == sorted(network.nodes)
+        finally:
+            engine.pool.close()
 
     def test_a_missing_bucket_is_a_clear_error(self, env: dict[str, str], tmp_path: Path) -> None:
         """Running against a bucket that was never made says so and how to make it."""
