@@ -19,6 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from koiitasks.config import TaskConfig
 from koiitasks.errors import (
     ConfigError,
     NetworkMismatchError,
@@ -356,10 +357,16 @@ def no_registered_node(task_id: str, where: str, *, then: str = "") -> ConfigErr
 
 
 def _check_config(record: TaskRecord, loaded: LoadedTask, where: str) -> None:
-    if record.config != _config_doc(loaded):
-        changed = sorted(k for k, v in _config_doc(loaded).items() if record.config.get(k) != v)
+    check_same_config(record, loaded.config, where=where)
+
+
+def check_same_config(record: TaskRecord, config: TaskConfig, *, where: str) -> None:
+    """Raise :class:`NetworkMismatchError` unless ``record`` was made with ``config``."""
+    doc = config.model_dump(mode="json", exclude={"metadata"})
+    if record.config != doc:
+        changed = sorted(k for k, v in doc.items() if record.config.get(k) != v)
         raise NetworkMismatchError(
-            f"task {loaded.task_id!r} in {where} was created with another config-task.yml "
+            f"task {config.id!r} in {where} was created with another config-task.yml "
             f"(changed: {', '.join(changed)})",
             hint="use a new --store for a changed config; a store keeps one task's history",
         )

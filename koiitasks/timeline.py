@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from koiitasks.clock import Clock, Schedule, SlotClock, WallClock, Window
+from koiitasks.errors import ConfigError
 from koiitasks.model import KoiiModel
 from koiitasks.protocol import TaskRecord, decode
 from koiitasks.storage import Layout, Store
@@ -195,13 +196,21 @@ def locate_clock(
     key = Layout(task_id).task if task_id is not None else None
     raw = store.read_or_none(key) if key is not None else None
     record = decode(raw, TaskRecord, where=str(key)).body if raw else None
-    deployed = record is not None and record.network is None
+    # On the wall clock: registered remote nodes, or simulated ones deployed (a real genesis);
+    # a sandbox's simulated clock starts at 0.
+    deployed = record is not None and (record.network is None or record.genesis_ms != 0)
     genesis = record.genesis_ms if deployed and record else 0
     starting = record.starting_slot if record else 0
     if at_slot is not None:
         return ClockPosition("given", at_slot, genesis, starting, "the slot asked for")
     if sandbox:
-        if record is None or record.network is None:
+        if deployed:
+            raise ConfigError(
+                f"task {task_id!r} in {store.url} runs on the wall clock (deployed, or on "
+                "registered nodes), not on the sandbox's simulated clock",
+                hint="leave out --sandbox to read its clock, or give the --store of a sandbox run",
+            )
+        if record is None:
             note = f"no sandbox run in {store.url}: a fresh sandbox starts round 0 at slot 0"
             return ClockPosition("sandbox", 0, 0, 0, note)
         from koiitasks.ledger import read_ledger  # noqa: PLC0415 - only the sandbox needs it

@@ -4,15 +4,18 @@ and of the `koiitasks slot` and `koiitasks round` commands."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from koiitasks.clock import Schedule, SimulatedClock
+from koiitasks.deployment import prepare_deployed_task
+from koiitasks.errors import ConfigError
 from koiitasks.identity import Keypair
 from koiitasks.protocol import TaskRecord, sign
-from koiitasks.storage import Layout, Store
+from koiitasks.storage import Layout, Store, open_store
 from koiitasks.testing import memory_store, sandbox
 from koiitasks.timeline import Timeline, locate_clock, read_timeline, windows_of
 from tests.conftest import HASH_PUZZLE, koiitasks
@@ -156,6 +159,25 @@ class TestLocateClock:
         assert (position.slot, position.genesis_ms, position.starting_slot) == (40, 600_000, 7)
         assert "as deployed" in position.note
 
+    def test_simulated_nodes_deployed_count_from_their_genesis_not_as_a_sandbox(self) -> None:
+        """`deploy --nodes` keeps a sandbox network on the wall clock: slots count from its
+        genesis (not from the epoch), and the sandbox clock, which `run` would refuse, is
+        refused with the reason."""
+        url = f"memory://timeline-deployed-{time.time_ns()}"
+        genesis = 1_800_000_000_000
+        network = prepare_deployed_task(
+            HASH_PUZZLE, url, nodes=4, clock=SimulatedClock(genesis - 20_000)
+        )
+        assert network.task.network is not None
+        assert network.task.genesis_ms == genesis
+        store = open_store(url)
+        wall = SimulatedClock(genesis + 12 * 400)
+        position = locate_clock(store, "hash-puzzle", slot_ms=400, round_time=10, wall=wall)
+        assert (position.clock, position.slot, position.genesis_ms) == ("wall", 12, genesis)
+        with pytest.raises(ConfigError, match="runs on the wall clock") as refused:
+            locate_clock(store, "hash-puzzle", slot_ms=400, round_time=10, sandbox=True)
+        assert "leave out --sandbox" in (refused.value.hint or "")
+
     def test_the_sandbox_clock_stands_where_its_next_round_starts(self) -> None:
         """After two settled rounds the sandbox's next run starts round 2 at slot 20."""
         box = sandbox(HASH_PUZZLE, nodes=4)
@@ -210,6 +232,41 @@ class TestClockCommands:
         assert proc.stdout.startswith("hash-puzzle at slot 20 (sandbox clock")
         assert "round 2 (slots 20...29)" in proc.stdout
         assert "round 1" in proc.stdout  # round 1 submits and is audited now
+
+    def test_a_store_of_several_tasks_asks_which(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """`slot --sandbox` on a store holding two tasks names them and asks for --task (it
+        said no sandbox had run)."""
+        other = tmp_path / "other"
+        shutil.copytree(HASH_PUZZLE, other)
+        config = other / "config-task.yml"
+        config.write_text(config.read_text().replace("Hash Puzzle", "Other Puzzle"))
+        for task in (HASH_PUZZLE, other):
+            koiitasks("run", str(task), "--plain", "--nodes", "3", env=cli_env, cwd=tmp_path,
+                      check=True)  # fmt: skip
+        proc = koiitasks("slot", "--sandbox", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert "holds 2 tasks (hash-puzzle, other-puzzle)" in proc.stderr
+        assert "--task" in proc.stderr
+        chosen = koiitasks("slot", "--sandbox", "--task", "other-puzzle", "--json",
+                           env=cli_env, cwd=tmp_path, check=True)  # fmt: skip
+        assert json.loads(chosen.stdout)["slot"] == 10
+
+    def test_a_folder_with_another_config_than_its_store_is_refused(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """`round FOLDER` refuses a folder whose config-task.yml is not the one its task was
+        made with in the store, as `run` does: its windows would not be the task's."""
+        changed = tmp_path / "hash-puzzle"
+        shutil.copytree(HASH_PUZZLE, changed)
+        koiitasks("run", str(changed), "--plain", "--nodes", "3", env=cli_env, cwd=tmp_path,
+                  check=True)  # fmt: skip
+        config = changed / "config-task.yml"
+        config.write_text(config.read_text().replace("round_time: 10", "round_time: 20"))
+        proc = koiitasks("round", str(changed), "--sandbox", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout
+        assert "created with another config-task.yml (changed: round_time)" in proc.stderr
 
     def test_slot_on_the_wall_clock(self, cli_env: dict[str, str], tmp_path: Path) -> None:
         """`koiitasks slot --json` on an empty store: slots of 400 ms since the Unix epoch."""

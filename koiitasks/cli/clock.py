@@ -99,6 +99,7 @@ def round_(
 
     config = _config_of_folder(task_dir)
     the_store = open_store_at(store_url(store))
+    _check_store_has_this_config(the_store, config)
     position = locate_clock(
         the_store,
         config.id,
@@ -141,6 +142,19 @@ def _config_of_folder(task_dir: Path) -> TaskConfig:
     return load_config(task_dir / CONFIG_FILE)
 
 
+def _check_store_has_this_config(store: Store, config: TaskConfig) -> None:
+    """A folder whose config-task.yml differs from the one its task was made with in the store
+    is refused, as `koiitasks run` refuses it: its windows are not the task's."""
+    from koiitasks.network import check_same_config  # noqa: PLC0415
+    from koiitasks.protocol import TaskRecord, decode  # noqa: PLC0415
+    from koiitasks.storage import Layout  # noqa: PLC0415
+
+    key = Layout(config.id).task
+    raw = store.read_or_none(key)
+    if raw is not None:
+        check_same_config(decode(raw, TaskRecord, where=key).body, config, where=store.url)
+
+
 def _task_config(store: Store, task: str | None) -> TaskConfig | None:
     """The config of the task --task names (a folder or an id in the store), else of the
     store's only task, else None."""
@@ -152,7 +166,13 @@ def _task_config(store: Store, task: str | None) -> TaskConfig | None:
     if task is not None and Path(task).is_dir():
         return _config_of_folder(Path(task))
     ids = [task] if task is not None else store.children("tasks/")
-    if len(ids) != 1:
+    if len(ids) > 1:
+        raise ConfigError(
+            f"{store.url} holds {len(ids)} tasks ({', '.join(ids[:4])}"
+            f"{', ...' if len(ids) > 4 else ''})",
+            hint="choose one with --task (a task id or its folder)",
+        )
+    if not ids:
         return None
     key = Layout(ids[0]).task
     raw = store.read_or_none(key)
