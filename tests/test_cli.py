@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,26 @@ class TestRun:
         assert "Traceback" not in stderr
         assert not Path(f"/proc/{server}").exists() or is_zombie(server)
         koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path, check=True)
+
+    def test_a_prefect_server_that_does_not_answer_is_said_before_anything_is_written(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """PREFECT_API_URL naming a server that is down exits 2 saying so and what to do (it
+        was an "internal error" after the network was written), with --json's error line."""
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        env = {**cli_env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+        proc = koiitasks(
+            "run", str(HASH_PUZZLE), "--nodes", "4", "--store", "down", "--json",
+            env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        failed = json.loads(proc.stdout)
+        assert failed["ok"] is False
+        assert failed["error"].startswith("the Prefect API did not answer")
+        assert "--plain" in failed["hint"]
+        assert not (tmp_path / "down").exists()
 
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path

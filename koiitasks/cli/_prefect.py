@@ -45,6 +45,33 @@ def start_temporary_server() -> str | None:
     return server.api_url
 
 
+def reach_prefect_api() -> None:
+    """Make sure Prefect's API answers before a command writes anything: the server
+    ``PREFECT_API_URL`` names, else the temporary one, started here (see above). A server
+    that does not answer, or a temporary one that does not start, is a :class:`ConfigError`
+    saying what to do instead."""
+    import httpx  # noqa: PLC0415
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+
+    from koiitasks.errors import ConfigError  # noqa: PLC0415
+
+    failure: Exception | None
+    try:
+        start_temporary_server()
+        with get_client(sync_client=True) as client:
+            failure = client.api_healthcheck()
+    except (RuntimeError, httpx.HTTPError) as e:  # "did not start", "failed to reach API"
+        failure = e
+    if failure is not None:
+        first_line = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+        raise ConfigError(
+            f"the Prefect API did not answer: {first_line}",
+            hint="start one (`prefect server start`) and set PREFECT_API_URL, give a slow "
+            "machine longer with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=60, or run "
+            "the rounds without Prefect: --plain",
+        ) from failure
+
+
 def _stop_then_end(server: Any, signum: int, _frame: FrameType | None) -> None:
     """Stop the server, then let the signal end this process as it would have (an exception
     raised here could be caught by a flow run's engine, and the run would go on)."""

@@ -127,29 +127,15 @@ def starts_in(seconds: float, *, now: datetime | None = None) -> str:
 def _flow_runner(
     task_dir: str, store: str, key: Path, skew_tolerance_slots: int
 ) -> Callable[[int], RoundResult]:
-    import httpx  # noqa: PLC0415
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import remote_round  # noqa: PLC0415
-    from koiitasks.cli._prefect import start_temporary_server  # noqa: PLC0415
-    from koiitasks.errors import ConfigError  # noqa: PLC0415
+    from koiitasks.cli._prefect import reach_prefect_api  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415 - used at run time
 
     # Without PREFECT_API_URL the first client starts a temporary server (10 s or more): start
     # it now, before a round is chosen, not while the round's window runs.
-    try:
-        start_temporary_server()  # apart from the terminal's Ctrl-C (see its module)
-        with get_client(sync_client=True) as client:
-            client.api_healthcheck()
-    except (RuntimeError, httpx.HTTPError) as e:  # Prefect's own "server did not start"
-        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(
-            f"the Prefect API did not answer: {first_line}",
-            hint="start one (`prefect server start`) and set PREFECT_API_URL, give a slow "
-            "machine longer with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=60, or run "
-            "the rounds without Prefect: --plain",
-        ) from e
+    reach_prefect_api()
 
     def run_one(number: int) -> RoundResult:
         # As for sandbox runs: the heartbeat adds about 1 s to every flow run.

@@ -158,6 +158,10 @@ def run(
     }
     address = None if plain else dask or load_settings().dask_address
     options |= dask_options(address)
+    if not plain and not address:  # before the store is written: no network left behind
+        from koiitasks.cli._prefect import reach_prefect_api  # noqa: PLC0415
+
+        reach_prefect_api()
     sandbox = open_sandbox(task_dir, **options)
     traced = resolve_node(sandbox.network.behaviours(), trace) if trace is not None else None
     plan = sandbox.plan(
@@ -231,26 +235,24 @@ def _flow_runner(stack: ExitStack, task_dir: str, options: dict[str, Any]) -> An
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import sandbox_round  # noqa: PLC0415
-    from koiitasks.cli._prefect import start_temporary_server  # noqa: PLC0415
     from koiitasks.errors import ConfigError  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415
 
     def run_one(number: int) -> RoundResult:
         # The heartbeat only matters to a server watching long runs; it adds ~1 s per flow run.
         try:
-            start_temporary_server()  # apart from the terminal's Ctrl-C (see its module)
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 if SyncClientContext.get() is None:  # one API client for every round of the
                     # run: Prefect makes a new one (and its TLS context) per flow run, 40 ms each
                     stack.enter_context(SyncClientContext.get_or_create())
                 data = sandbox_round(task_dir=task_dir, round_number=number, **options)
-        except RuntimeError as e:  # a slow first start is the author's machine, not a bug
-            if "ephemeral Prefect API server" not in str(e):
+        except RuntimeError as e:  # Prefect's "Failed to reach API": it answered at the start
+            if "reach API" not in str(e):
                 raise
             raise ConfigError(
-                "Prefect's temporary API server did not start in time",
-                hint="run with --plain, point PREFECT_API_URL at a running server (`prefect "
-                "server start`), or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                f"the Prefect API stopped answering in round {number}: {e}",
+                hint="records written so far are kept: start the server again (or run with "
+                "--plain) and run again to go on",
             ) from e
         return RoundResult.model_validate_json(data)
 
