@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from koiitasks.clock import Clock, Schedule, WallClock
-from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
+from koiitasks.errors import ConfigError, KeyFileError, NetworkMismatchError, RecordError
 from koiitasks.identity import Keypair, load_key
 from koiitasks.live import LiveEngine
 from koiitasks.network import (
@@ -163,7 +163,16 @@ def load_orchestrator_key(
     """The orchestrator's key from its file; refused, naming the file, if the task record in the
     store (``where``) was made by another orchestrator."""
     path = Path(key_file)
-    key = load_key(path)
+    try:
+        key = load_key(path)
+    except KeyFileError as e:
+        if record is None or not isinstance(e.__cause__, FileNotFoundError):
+            raise
+        raise KeyFileError(
+            f"key file {path} does not exist",
+            hint=f"restore the key file of orchestrator {record.orchestrator}, which made task "
+            f"{record.task_id!r} in {where}: a new key cannot run it",
+        ) from e
     if record is not None and key.public_id != record.orchestrator:
         raise NetworkMismatchError(
             f"key file {path} is orchestrator {key.public_id}, but task {record.task_id!r} in "

@@ -21,7 +21,7 @@ from koiitasks.deployment import (
     plan_deployment,
     prepare_deployed_task,
 )
-from koiitasks.errors import ConfigError, NetworkMismatchError, RecordError
+from koiitasks.errors import ConfigError, KeyFileError, NetworkMismatchError, RecordError
 from koiitasks.identity import Keypair, save_key
 from koiitasks.live import LiveEngine
 from koiitasks.network import register_node
@@ -255,6 +255,19 @@ class TestSeam:
             open_deployed_engine(HASH_PUZZLE, url, key_file=tmp_path / "other.json")
         assert REMOTE_ORCHESTRATOR.public_id in caught.value.message
         assert other.public_id in caught.value.message
+
+    def test_a_lost_orchestrator_key_file_says_to_restore_it(self, tmp_path: Path) -> None:
+        """A task's orchestrator key file gone (moved, deleted while serving) is not to be
+        replaced by a new key, which could never run the task: the hint says to restore it,
+        naming the orchestrator."""
+        url = new_url()
+        remote_record(url)
+        with pytest.raises(KeyFileError, match="does not exist") as caught:
+            open_deployed_engine(HASH_PUZZLE, url, key_file=tmp_path / "gone.json")
+        assert f"restore the key file of orchestrator {REMOTE_ORCHESTRATOR.public_id}" in str(
+            caught.value.hint
+        )
+        assert "keygen" not in str(caught.value.hint)
 
     def test_a_first_deploy_on_registered_nodes_records_a_real_genesis(
         self, tmp_path: Path
