@@ -282,6 +282,7 @@ def verify_task(
     orchestrator: str | None = None,
     head: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    task: LoadedTask | None = None,
 ) -> TaskVerification:
     """``ledger verify``: the chain and conservation, then every settled round replayed from its
     records; raise :class:`LedgerError` naming the first round whose records disagree.
@@ -289,11 +290,13 @@ def verify_task(
     ``head`` is the hash (or its first 12 or more hex digits) of an entry seen earlier: the
     chain shows any entry removed before the newest, but only such an anchor shows that the
     newest entries were cut off. ``progress(done, total)`` is called before the first round is
-    replayed and after each (a store of 10,000 nodes replays about 3 s a round).
+    replayed and after each (a store of 10,000 nodes replays about 3 s a round). ``task``, the
+    task's folder loaded, also recomputes each paid list with its distribute hook, as
+    ``rounds replay --task FOLDER`` does.
     """
     report = verify_ledger(store, task_id, orchestrator=orchestrator)
     try:
-        replayer = Replayer(store, task_id, orchestrator=report.orchestrator)
+        replayer = Replayer(store, task_id, orchestrator=report.orchestrator, task=task)
         _check_anchor(replayer.ledger, task_id, head)
         replayed = records = 0
         total = len(replayer.settled)

@@ -354,6 +354,34 @@ class TestReplayCommand:
         assert verified.exit_code == 1
         assert "ledger/0000000001.json" in verified.stderr
 
+    def test_verify_with_the_task_folder_checks_the_distribute_hook_as_replay_does(
+        self, tmp_path: Path
+    ) -> None:
+        """`ledger verify --task FOLDER` recomputes each paid list with the folder's distribute
+        hook, as `rounds replay --task FOLDER` does: a hook that would pay otherwise fails both
+        (verify passed it)."""
+        task_dir = write_task(tmp_path / "first", FIRST_TASK)
+        store = tmp_path / "store"
+        ran = invoke("run", str(task_dir), "--plain", "--nodes", "5", "--seed", "2",
+                     "--store", str(store))  # fmt: skip
+        assert ran.exit_code == 0, ran.stderr
+        assert (
+            invoke("ledger", "verify", "--store", str(store), "--task", str(task_dir)).exit_code
+            == 0
+        )
+        other = write_task(
+            tmp_path / "other",
+            FIRST_TASK.replace(
+                "min(a.node_id for a in approved)", "max(a.node_id for a in approved)"
+            ),
+        )
+        replayed = invoke("rounds", "replay", "--store", str(store), "--task", str(other))
+        assert replayed.exit_code == 1
+        verified = invoke("ledger", "verify", "--store", str(store), "--task", str(other))
+        assert verified.exit_code == 1, verified.stdout
+        assert "round 0 of task 'test-task' does not match its records" in verified.stderr
+        assert "credits" in verified.stderr
+
     def test_an_unsettled_round_exits_2(self, store_dir: Path) -> None:
         """Asking for a round that is not settled is an input error."""
         result = invoke("rounds", "replay", "--store", str(store_dir), "--round", "9")

@@ -13,6 +13,7 @@ from koiitasks.cli._common import (
     JsonOption,
     StoreOption,
     TaskOption,
+    is_folder,
     json_stdout,
     open_store_at,
     out,
@@ -104,12 +105,14 @@ def ledger_verify(
     json_out: JsonOption = False,
 ) -> None:
     """Check every signature, the hash chain and conservation, then replay every settled round
-    from its signed records, offline.
+    from its signed records, offline. Given the task folder as --task, each paid list is also
+    recomputed with the task's distribute hook.
 
     Exits 0 when everything holds, 1 naming the first bad record or round otherwise.
     """
     from koiitasks.ledger import verify_ledger  # noqa: PLC0415
     from koiitasks.replay import verify_task  # noqa: PLC0415
+    from koiitasks.task import load_task  # noqa: PLC0415
 
     if orchestrator is not None and not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{32,44}", orchestrator):
         raise ConfigError(
@@ -128,7 +131,12 @@ def ledger_verify(
             replay_progress(f"verifying {task_id}", shown=not json_out) as progress,
         ):
             verified = verify_task(
-                the_store, task_id, orchestrator=orchestrator, head=head, progress=progress
+                the_store,
+                task_id,
+                orchestrator=orchestrator,
+                head=head,
+                progress=progress,
+                task=load_task(task) if task is not None and is_folder(task) else None,
             )
         report, replayed = verified.ledger, verified.rounds_replayed
         checked, head_hash = verified.records_checked, verified.head_hash
