@@ -187,7 +187,7 @@ def verify_ledger(store: Store, task_id: str, *, orchestrator: str | None = None
         network = load_network(store, task_id, orchestrator=orchestrator)
         state = read_ledger(store, task_id, orchestrator=network.record.signer)
     except RecordError as e:
-        raise LedgerError(e.message) from e
+        raise LedgerError(e.message, hint=e.hint) from e
     checked = 1 + len(network.nodes) + len(state.entries)
     checked += _check_conservation(store, network, state)
     return VerifyReport(

@@ -202,8 +202,9 @@ def open_sandbox_network(
 def _check_not_orphaned(store: Store, layout: Layout) -> None:
     """Refuse to start a task afresh where the store holds its rounds or ledger: its
     ``task.json`` was deleted or lost, and a new one (another orchestrator, other nodes) would
-    leave every stored record failing to verify. Node registrations alone do not count: they
-    are written before ``task.json``, and remote nodes may register before the first round."""
+    leave every stored record failing to verify; a command that reads the task says the same.
+    Node registrations alone do not count: they are written before ``task.json``, and remote
+    nodes may register before the first round."""
     held = sorted({"ledger", "rounds"} & set(store.children(layout.root)))
     if held:
         raise RecordError(
@@ -219,6 +220,7 @@ def load_network(store: Store, task_id: str, *, orchestrator: str | None = None)
     layout = Layout(task_id)
     raw = store.read_or_none(layout.task)
     if raw is None:
+        _check_not_orphaned(store, layout)  # its rounds or ledger without it: say so
         raise RecordNotFound(
             f"no task {task_id!r} in {store.url}",
             hint="run `koiitasks run TASK_DIR --store ...` first, or check --store and --task",

@@ -125,6 +125,9 @@ class TaskVerification:
     rounds_replayed: int
     round_records_checked: int
     head_hash: str | None
+    #: Rounds whose records the store holds but the ledger has no entry for: a run stopped
+    #: before it settled them (the next run does), or a ledger whose newest entries were cut.
+    unsettled: tuple[int, ...] = ()
 
     @property
     def records_checked(self) -> int:
@@ -317,11 +320,14 @@ def verify_task(
     except RecordError as e:
         raise LedgerError(e.message, hint=e.hint) from e
     newest = replayer.ledger.head
+    settled = {entry.body.round for entry in replayer.ledger.entries}
+    held = (int(name) for name in store.children(Layout(task_id).rounds) if name.isdigit())
     return TaskVerification(
         ledger=report,
         rounds_replayed=replayed,
         round_records_checked=records,
         head_hash=newest.hash if newest else None,
+        unsettled=tuple(sorted(n for n in held if n not in settled)),
     )
 
 

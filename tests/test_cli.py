@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -464,6 +465,36 @@ class TestLedgerCommands:
         verified = koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path)
         assert verified.returncode == 0
         assert verified.stdout.startswith("ok: 2 ledger entries")
+
+    @pytest.mark.parametrize(
+        ("lost", "code", "said"),
+        [
+            pytest.param(
+                "task.json", 1, "task.json is missing from", id="task-record"
+            ),  # it said "no task ... run `koiitasks run` first", exit 2
+            pytest.param(
+                "ledger", 0, "2 rounds have records but no ledger entry (round 0, 1)", id="ledger"
+            ),  # it said "ok: 0 ledger entries" and nothing more
+        ],
+    )
+    def test_verify_of_a_store_that_lost_its_task_record_or_ledger_says_so(
+        self, cli_env: dict[str, str], tmp_path: Path, lost: str, code: int, said: str
+    ) -> None:
+        """A store whose task.json is gone fails verify naming it; one whose ledger is gone
+        verifies what is left and says which rounds hold records with no ledger entry."""
+        koiitasks("run", str(HASH_PUZZLE), "--nodes", "4", "--rounds", "2", "--plain",
+                  env=cli_env, cwd=tmp_path, check=True)  # fmt: skip
+        gone = tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / lost
+        if gone.is_dir():
+            shutil.rmtree(gone)
+        else:
+            gone.unlink()
+        proc = koiitasks("ledger", "verify", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == code, proc.stderr
+        assert said in proc.stderr
+        if lost == "ledger":
+            scripted = koiitasks("ledger", "verify", "--json", env=cli_env, cwd=tmp_path)
+            assert json.loads(scripted.stdout)["unsettled_rounds"] == [0, 1]
 
     def test_verify_fails_naming_a_changed_record(
         self, cli_env: dict[str, str], tmp_path: Path

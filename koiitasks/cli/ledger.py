@@ -13,6 +13,7 @@ from koiitasks.cli._common import (
     JsonOption,
     StoreOption,
     TaskOption,
+    err,
     is_folder,
     json_stdout,
     open_store_at,
@@ -125,6 +126,7 @@ def ledger_verify(
     if ledger_only and head is None:
         report, replayed = verify_ledger(the_store, task_id, orchestrator=orchestrator), 0
         checked, head_hash = report.records_checked, None
+        unsettled: tuple[int, ...] = ()
     else:
         with (
             json_stdout(json_out),  # the distribute hook may print
@@ -140,12 +142,14 @@ def ledger_verify(
             )
         report, replayed = verified.ledger, verified.rounds_replayed
         checked, head_hash = verified.records_checked, verified.head_hash
+        unsettled = verified.unsettled
     if json_out:
         doc = {
             **report.__dict__,
             "records_checked": checked,
             "rounds_replayed": replayed,
             "head": head_hash,
+            "unsettled_rounds": list(unsettled),
         }
         print(json.dumps({"ok": True, **doc}))
         return
@@ -158,3 +162,14 @@ def ledger_verify(
         highlight=False,
         soft_wrap=True,
     )
+    if unsettled:
+        shown = ", ".join(map(str, unsettled[:10])) + (", ..." if len(unsettled) > 10 else "")
+        err.print(
+            f"note: {len(unsettled)} rounds have records but no ledger entry (round "
+            f"{shown}): a run stopped before settling them leaves them so, and the next run "
+            "settles them; if they were settled, the ledger's newest entries were cut off "
+            "(--head HASH of an earlier verify catches that)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )

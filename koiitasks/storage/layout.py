@@ -70,8 +70,12 @@ class Layout:
     def node(self, node_id: str) -> str:
         return check_key(f"{self.nodes}{_segment(node_id, 'node id')}.json")
 
+    @property
+    def rounds(self) -> str:
+        return f"{self.root}rounds/"
+
     def round(self, round_number: int) -> str:
-        return f"{self.root}rounds/{round_part(round_number)}/"
+        return f"{self.rounds}{round_part(round_number)}/"
 
     def request(self, round_number: int) -> str:
         return self.round(round_number) + "request.json"
