@@ -132,28 +132,15 @@ class TestUnexpectedErrors:
         assert "interrupted: records written so far are kept" in capsys.readouterr().err
 
     @pytest.mark.usefixtures("failing")
-    def test_an_error_while_handling_ctrl_c_is_an_interruption(
-        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        """A failure raised while a Ctrl-C was being handled (Prefect reporting the crash to the
-        temporary server the same Ctrl-C stopped) ends as an interruption, exit 130, not as
-        an internal error."""
-        monkeypatch.setattr(sys, "argv", ["koiitasks", "interrupted"])
-        with pytest.raises(SystemExit) as ended:
-            cli.main()
-        assert ended.value.code == 130
-        said = capsys.readouterr().err
-        assert "interrupted: records written so far are kept" in said
-        assert "internal error" not in said
-
-    @pytest.mark.usefixtures("failing")
-    @pytest.mark.parametrize("command", ["copying", "step"])
+    @pytest.mark.parametrize("command", ["interrupted", "copying", "step"])
     def test_a_ctrl_c_that_surfaces_as_another_error_is_an_interruption(
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
     ) -> None:
-        """A Ctrl-C that lands in a pydantic serializer (which turns it into an error naming
-        it in words only) or makes a step fail ends as an interruption, exit 130: not an
-        internal error, not the step's own message. Python's Ctrl-C handler is back after."""
+        """A failure raised while a Ctrl-C was handled (Prefect reporting the crash to the
+        temporary server the same Ctrl-C stopped), a Ctrl-C that lands in a pydantic serializer
+        (which turns it into an error naming it in words only), or one that makes a step fail,
+        ends as an interruption, exit 130: not an internal error, not the step's own message.
+        Python's Ctrl-C handler is back after."""
         monkeypatch.setattr(sys, "argv", ["koiitasks", command])
         with pytest.raises(SystemExit) as ended:
             cli.main()
