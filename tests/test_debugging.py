@@ -11,6 +11,7 @@ import pytest
 from prefect.context import SyncClientContext
 
 from flows.round import sandbox_round
+from koiitasks.cli import _prefect as prefect_start
 from koiitasks.cli.run import _flow_runner
 from koiitasks.errors import ConfigError
 from koiitasks.nodes.failures import ONCE_NOTE, is_library_frame
@@ -232,30 +233,44 @@ class TestWorkersOne:
 
 
 class TestPrefectStart:
-    """A Prefect server too slow to start is the machine's state, not a koiitasks bug."""
+    """A Prefect server too slow to start, or gone mid-run, is the machine's state, not a
+    koiitasks bug."""
+
+    def test_a_temporary_server_that_does_not_start_in_time_is_explained(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Before anything is written the run stops with a ConfigError (exit 2) naming three
+        ways out, instead of an 'internal error ... a bug in koiitasks'."""
+
+        def slow_server() -> None:
+            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API")
+
+        monkeypatch.setattr(prefect_start, "start_temporary_server", slow_server)
+        with pytest.raises(ConfigError) as caught:
+            prefect_start.reach_prefect_api()
+        assert "did not answer: Timed out" in caught.value.message
+        assert caught.value.hint is not None
+        for way_out in ("--plain", "PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT"):
+            assert way_out in caught.value.hint
 
     @pytest.mark.parametrize(
         ("message", "explained"),
         [
-            pytest.param(
-                "Timed out while attempting to connect to ephemeral Prefect API server.",
-                True,
-                id="slow-temporary-server-is-explained",
-            ),
+            pytest.param("Failed to reach API at http://127.0.0.1:9/api/", True, id="gone"),
             pytest.param("something else broke", False, id="other-errors-pass-through"),
         ],
     )
-    def test_a_temporary_server_that_does_not_start_in_time_is_explained(
+    def test_a_server_that_stops_answering_mid_run_is_explained(
         self, monkeypatch: pytest.MonkeyPatch, message: str, explained: bool
     ) -> None:
-        """The run stops with a ConfigError (exit 2) naming three ways out, instead of an
-        'internal error ... a bug in koiitasks'; other RuntimeErrors are left alone."""
+        """A Prefect API lost between rounds stops the run with a ConfigError saying the
+        records are kept and how to go on; other RuntimeErrors are left alone."""
         import flows.round  # noqa: PLC0415
 
-        def slow_server(**_options: object) -> dict[str, object]:
+        def gone(**_options: object) -> dict[str, object]:
             raise RuntimeError(message)
 
-        monkeypatch.setattr(flows.round, "sandbox_round", slow_server)
+        monkeypatch.setattr(flows.round, "sandbox_round", gone)
         monkeypatch.setattr(SyncClientContext, "get_or_create", contextlib.nullcontext)
         run_one = _flow_runner(contextlib.ExitStack(), str(HASH_PUZZLE), {})
         expected = ConfigError if explained else RuntimeError
@@ -263,7 +278,5 @@ class TestPrefectStart:
             run_one(0)
         if explained:
             assert isinstance(caught.value, ConfigError)
-            assert "did not start in time" in caught.value.message
-            assert caught.value.hint is not None
-            assert "--plain" in caught.value.hint
-            assert "PREFECT_API_URL" in caught.value.hint
+            assert "stopped answering in round 0" in caught.value.message
+            assert "run again to go on" in str(caught.value.hint)
