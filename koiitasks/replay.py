@@ -174,6 +174,14 @@ class Replayer:
     def settled(self) -> list[int]:
         return [entry.body.round for entry in self.ledger.entries]
 
+    @property
+    def unsettled(self) -> tuple[int, ...]:
+        """Rounds whose records the store holds but the ledger has no entry for: a run stopped
+        before it settled them (the next run does), or a ledger whose newest entries were cut."""
+        settled = set(self.settled)
+        held = (int(name) for name in self.store.children(self.layout.rounds) if name.isdigit())
+        return tuple(sorted(n for n in held if n not in settled))
+
     def replay(self, round_number: int) -> RoundReplay:
         """Recompute one settled round and compare it with its ledger entry."""
         entry = self.ledger.entry(round_number)
@@ -320,14 +328,12 @@ def verify_task(
     except RecordError as e:
         raise LedgerError(e.message, hint=e.hint) from e
     newest = replayer.ledger.head
-    settled = {entry.body.round for entry in replayer.ledger.entries}
-    held = (int(name) for name in store.children(Layout(task_id).rounds) if name.isdigit())
     return TaskVerification(
         ledger=report,
         rounds_replayed=replayed,
         round_records_checked=records,
         head_hash=newest.hash if newest else None,
-        unsettled=tuple(sorted(n for n in held if n not in settled)),
+        unsettled=replayer.unsettled,
     )
 
 

@@ -481,7 +481,8 @@ class TestLedgerCommands:
         self, cli_env: dict[str, str], tmp_path: Path, lost: str, code: int, said: str
     ) -> None:
         """A store whose task.json is gone fails verify naming it; one whose ledger is gone
-        verifies what is left and says which rounds hold records with no ledger entry."""
+        verifies (and replays) what is left and says which rounds hold records with no ledger
+        entry."""
         koiitasks("run", str(HASH_PUZZLE), "--nodes", "4", "--rounds", "2", "--plain",
                   env=cli_env, cwd=tmp_path, check=True)  # fmt: skip
         gone = tmp_path / ".koiitasks" / "tasks" / "hash-puzzle" / lost
@@ -495,6 +496,9 @@ class TestLedgerCommands:
         if lost == "ledger":
             scripted = koiitasks("ledger", "verify", "--json", env=cli_env, cwd=tmp_path)
             assert json.loads(scripted.stdout)["unsettled_rounds"] == [0, 1]
+            replayed = koiitasks("rounds", "replay", env=cli_env, cwd=tmp_path)
+            assert replayed.returncode == 0
+            assert said in replayed.stderr  # it printed nothing at all
 
     def test_verify_fails_naming_a_changed_record(
         self, cli_env: dict[str, str], tmp_path: Path

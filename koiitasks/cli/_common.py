@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, TextIO
@@ -93,6 +93,22 @@ def replay_progress(
             bar.update(rounds, completed=done, total=total)
 
         yield progress
+
+
+def note_unsettled(rounds: Sequence[int]) -> None:
+    """Say on stderr which rounds hold records but no ledger entry (ledger verify, replay)."""
+    if not rounds:
+        return
+    shown = ", ".join(map(str, rounds[:10])) + (", ..." if len(rounds) > 10 else "")
+    err.print(
+        f"note: {len(rounds)} rounds have records but no ledger entry (round {shown}): a run "
+        "stopped before settling them leaves them so, and the next run settles them; if they "
+        "were settled, the ledger's newest entries were cut off (`ledger verify --head HASH` "
+        "of an earlier verify catches that)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def open_store_at(url: str) -> Store:

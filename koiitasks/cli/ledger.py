@@ -13,9 +13,9 @@ from koiitasks.cli._common import (
     JsonOption,
     StoreOption,
     TaskOption,
-    err,
     is_folder,
     json_stdout,
+    note_unsettled,
     open_store_at,
     out,
     replay_progress,
@@ -162,14 +162,4 @@ def ledger_verify(
         highlight=False,
         soft_wrap=True,
     )
-    if unsettled:
-        shown = ", ".join(map(str, unsettled[:10])) + (", ..." if len(unsettled) > 10 else "")
-        err.print(
-            f"note: {len(unsettled)} rounds have records but no ledger entry (round "
-            f"{shown}): a run stopped before settling them leaves them so, and the next run "
-            "settles them; if they were settled, the ledger's newest entries were cut off "
-            "(--head HASH of an earlier verify catches that)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+    note_unsettled(unsettled)

@@ -13,6 +13,7 @@ from koiitasks.cli._common import (
     TaskOption,
     is_folder,
     json_stdout,
+    note_unsettled,
     open_store_at,
     out,
     resolve_task,
@@ -61,5 +62,7 @@ def rounds_replay(
             out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
             for difference in result.differences:
                 out.print(f"  - {difference}", markup=False, highlight=False, soft_wrap=True)
+    if round_number is None:
+        note_unsettled(replayer.unsettled)
     if mismatched:
         raise typer.Exit(1)
