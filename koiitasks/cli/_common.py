@@ -101,10 +101,10 @@ def note_unsettled(rounds: Sequence[int]) -> None:
         return
     shown = ", ".join(map(str, rounds[:10])) + (", ..." if len(rounds) > 10 else "")
     err.print(
-        f"note: {len(rounds)} rounds have records but no ledger entry (round {shown}): a run "
-        "stopped before settling them leaves them so, and the next run settles them; if they "
-        "were settled, the ledger's newest entries were cut off (`ledger verify --head HASH` "
-        "of an earlier verify catches that)",
+        f"note: {len(rounds)} rounds have records but no ledger entry (round {shown}): rounds "
+        "still running, or stopped before they settled, are so (the next run settles them); "
+        "if they were settled, the ledger's newest entries were cut off (`ledger verify "
+        "--head HASH` of an earlier verify catches that)",
         markup=False,
         highlight=False,
         soft_wrap=True,
