@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import NoReturn
 
 import typer
@@ -49,45 +44,20 @@ INTERRUPTED = "interrupted: records written so far are kept; run again to go on"
 INTERRUPTED_CODE = 130
 
 
-#: Set when a Ctrl-C (SIGINT) reaches the process: a KeyboardInterrupt can surface wrapped in
-#: another error that keeps no trace of it (pydantic-core turns one raised in a serializer into
-#: a PydanticSerializationError naming it in words only; Prefect copies settings that way
-#: between rounds), so its cause chain alone cannot tell.
-_ctrl_c = threading.Event()
-
-
-def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
-    _ctrl_c.set()
-    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as it always did
-
-
-@contextmanager
-def _noting_ctrl_c() -> Iterator[None]:
-    """Python's own Ctrl-C handling, noting in ``_ctrl_c`` that one came, while the block runs
-    (unless SIGINT is ignored, as under nohup, or this is not the main thread)."""
-    _ctrl_c.clear()
-    noted = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
-    if noted:
-        signal.signal(signal.SIGINT, _on_ctrl_c)
-    try:
-        yield
-    finally:
-        if noted:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def _after_interrupt(error: BaseException) -> bool:
-    """Whether ``error`` was raised while handling a Ctrl-C: Prefect's engine reports the
-    interrupted flow run to its API, and Ctrl-C stops Prefect's temporary server too."""
-    if _ctrl_c.is_set():
-        return True
+    """Whether ``error`` was raised because of a Ctrl-C, or while one was handled (Prefect's
+    engine reporting the interrupted flow run to its API). A KeyboardInterrupt raised inside a
+    pydantic serializer (Prefect copies its settings that way between rounds) comes out as a
+    PydanticSerializationError that keeps it only in its message, so that is read too; Python's
+    own Ctrl-C handler stays in place (asyncio.run, which `deploy` serves in, relies on it)."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, KeyboardInterrupt):
+            return True
+        if type(cause).__name__ == "PydanticSerializationError" and "KeyboardInterrupt" in str(
+            cause
+        ):
             return True
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
@@ -99,8 +69,7 @@ def main() -> None:
     debug = os.environ.get("KOII_DEBUG") == "1"
     try:
         # Outside standalone mode click returns the code of a `typer.Exit` instead of raising it.
-        with _noting_ctrl_c():
-            code = app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except KoiiTasksError as e:
         if debug:
             raise

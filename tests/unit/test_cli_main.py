@@ -140,7 +140,7 @@ class TestUnexpectedErrors:
         temporary server the same Ctrl-C stopped), a Ctrl-C that lands in a pydantic serializer
         (which turns it into an error naming it in words only), or one that makes a step fail,
         ends as an interruption, exit 130: not an internal error, not the step's own message.
-        Python's Ctrl-C handler is back after."""
+        Python's own Ctrl-C handler stays in place (asyncio.run relies on it)."""
         monkeypatch.setattr(sys, "argv", ["koiitasks", command])
         with pytest.raises(SystemExit) as ended:
             cli.main()
