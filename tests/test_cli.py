@@ -281,6 +281,21 @@ class TestRun:
         assert failed["error"].startswith("the Prefect API did not answer")
         assert "--plain" in failed["hint"]
         assert not (tmp_path / "down").exists()
+        # On registered remote nodes too: no task record (and genesis) for a run refused.
+        keys = ("node", "keygen", "--out")
+        koiitasks(*keys, "node.json", env=cli_env, cwd=tmp_path, check=True)
+        koiitasks(*keys, "orchestrator.json", env=cli_env, cwd=tmp_path, check=True)
+        koiitasks(
+            "node", "register", "--task", str(HASH_PUZZLE), "--key", "node.json", "--url",
+            "http://127.0.0.1:9", "--store", "remote", env=cli_env, cwd=tmp_path, check=True,
+        )  # fmt: skip
+        remote = koiitasks(
+            "run", str(HASH_PUZZLE), "--remote", "--key", "orchestrator.json", "--store",
+            "remote", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert remote.returncode == 2, remote.stderr
+        assert "the Prefect API did not answer" in remote.stderr
+        assert not (tmp_path / "remote" / Layout("hash-puzzle").task).exists()
 
     def test_rounds_continue_and_a_settled_round_is_left_alone(
         self, env: dict[str, str], tmp_path: Path

@@ -25,6 +25,21 @@ def dask_options(address: str | None) -> dict[str, Any]:
     return {"shard_size": DASK_SHARD_SIZE}
 
 
+def check_dask_ready(store: str, address: str) -> None:
+    """What a run on Dask needs, checked before the store is written or a flow run started: a
+    real Prefect server, a store the workers share, a scheduler that answers. The flow checks
+    them too (a deployment has no command line), but from inside a flow run, which Prefect
+    reports as a crash with its traceback."""
+    from prefect.settings import PREFECT_API_URL  # noqa: PLC0415
+
+    from koiitasks import cluster  # noqa: PLC0415
+
+    cluster.check_prefect_api(PREFECT_API_URL.value())
+    cluster.check_shared_store(store)
+    if cluster.local_workers(address) is None:
+        cluster.check_reachable(address)
+
+
 @contextmanager
 def dask_round_runner(
     task_dir: str, options: dict[str, Any], address: str, *, verbose: bool = False
@@ -34,7 +49,6 @@ def dask_round_runner(
     # Read by distributed when it is first imported, here and in local worker processes.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
     from prefect.settings import (  # noqa: PLC0415 - keep --help fast
-        PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         temporary_settings,
     )
@@ -42,12 +56,6 @@ def dask_round_runner(
     from flows.dask_round import dask_round  # noqa: PLC0415
     from koiitasks import cluster  # noqa: PLC0415
 
-    # The flow checks these too (a deployment has no command line), but from inside a flow run,
-    # which Prefect reports as a crash with its traceback: said here first, no run started.
-    cluster.check_prefect_api(PREFECT_API_URL.value())
-    cluster.check_shared_store(options["store"])
-    if cluster.local_workers(address) is None:
-        cluster.check_reachable(address)
     with cluster.scheduler(address) as scheduler:
 
         def run_one(number: int) -> RoundResult:

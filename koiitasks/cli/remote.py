@@ -55,6 +55,10 @@ def run_remote(
             f"--{given[0]} is for sandbox runs; a remote run uses the nodes registered in the "
             "store (`koiitasks node register`)"
         )
+    if not plain:  # before the task record (and its genesis) can be written
+        from koiitasks.cli._prefect import reach_prefect_api  # noqa: PLC0415
+
+        reach_prefect_api()
     remote = open_remote(
         task_dir,
         store=store,
@@ -130,12 +134,7 @@ def _flow_runner(
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: PLC0415
 
     from flows.round import remote_round  # noqa: PLC0415
-    from koiitasks.cli._prefect import reach_prefect_api  # noqa: PLC0415
     from koiitasks.round_result import RoundResult  # noqa: PLC0415 - used at run time
-
-    # Without PREFECT_API_URL the first client starts a temporary server (10 s or more): start
-    # it now, before a round is chosen, not while the round's window runs.
-    reach_prefect_api()
 
     def run_one(number: int) -> RoundResult:
         # As for sandbox runs: the heartbeat adds about 1 s to every flow run.

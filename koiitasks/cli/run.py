@@ -17,7 +17,7 @@ from koiitasks.cli._common import (
     setup_logging,
     store_url,
 )
-from koiitasks.cli._dask import dask_options, dask_round_runner
+from koiitasks.cli._dask import check_dask_ready, dask_options, dask_round_runner
 from koiitasks.sandbox import MAX_PLANNED_ROUNDS
 from koiitasks.settings import load_settings
 
@@ -158,7 +158,10 @@ def run(
     }
     address = None if plain else dask or load_settings().dask_address
     options |= dask_options(address)
-    if not plain and not address:  # before the store is written: no network left behind
+    # Before the store is written: a run refused for its Prefect or Dask leaves no network.
+    if address:
+        check_dask_ready(url, address)
+    elif not plain:
         from koiitasks.cli._prefect import reach_prefect_api  # noqa: PLC0415
 
         reach_prefect_api()

@@ -238,6 +238,7 @@ class TestDaskCommandLine:
         assert said in proc.stderr
         assert "hint:" in proc.stderr
         assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "store").exists()  # no network written for a refused run
         runs = httpx.post(
             f"{prefect_api}/flow_runs/filter",
             json={"flow_runs": {"name": {"like_": "dask-refused-round"}}},
