@@ -135,11 +135,14 @@ class DeploymentPlan:
 
 
 def unserved_rounds(engine: LiveEngine) -> range:
-    """The rounds from the first unsettled one that can only be missed (their execute windows
-    closed unopened): after a deploy that recorded the task's genesis but never served its
-    rounds, every round since. Later rounds record them as missed."""
-    first = last = engine.next_round()
-    while engine.missed_reason(last) is not None:
+    """The rounds from the first unsettled one whose execute windows have closed: after a
+    deploy that recorded the task's genesis but never served its rounds, every round since
+    (later rounds record them as missed). Counted from the schedule, not round by round in the
+    store: a genesis a month old is hundreds of thousands of rounds."""
+    first = engine.next_round()
+    now = engine.slot_clock.get_slot()
+    last = max(first, engine.schedule.round_of(now) - 2)  # execute windows span under 2 rounds
+    while engine.schedule.execute_window(last).end <= now:
         last += 1
     return range(first, last)
 

@@ -226,6 +226,6 @@ def _unserved_line(rounds: range, store: str) -> str:
     return (
         f"{span} ({len(rounds)} rounds) came due with no deployment to run them: the task's "
         f"genesis was recorded in {store} by an earlier deploy that made no deployment (it "
-        "failed, or the deployment was deleted); they are recorded as missed (--start-in "
+        "failed, or the deployment was deleted); they will be recorded as missed (--start-in "
         "applies to a first deploy only; deploy to a new --store to start from round 0)"
     )

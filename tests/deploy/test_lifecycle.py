@@ -42,7 +42,7 @@ class TestDeployAgain:
         self, sqlite_server: PrefectServer, cli_env: dict[str, str], tmp_path: Path
     ) -> None:
         """A genesis recorded long ago by a deploy that never made its deployment: the next
-        deploy says how many rounds came due unserved and that they are recorded missed."""
+        deploy says how many rounds came due unserved and that they will be recorded missed."""
         task_dir = deployed_task(tmp_path, "Unserved genesis")
         store = tmp_path / "store"
         an_hour_ago = OffsetClock(WallClock(), -3_600_000)
