@@ -49,7 +49,17 @@ CANCEL_POLL_S = 5.0
 FLOW_RUN_ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "koiitasks"}
 
 
-def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> RunnerDeployment:
+def job_env(s3_endpoint_url: str | None) -> dict[str, str]:
+    """The environment a work pool's worker gives each flow run: :data:`FLOW_RUN_ENV`, and the
+    S3 endpoint the deploy used, so an ``s3://`` store is reached where ``deploy`` reached it
+    (a worker started as ``deploy`` says would not have it)."""
+    endpoint = {"KOII_S3_ENDPOINT_URL": s3_endpoint_url} if s3_endpoint_url else {}
+    return FLOW_RUN_ENV | endpoint
+
+
+def runner_deployment(
+    plan: DeploymentPlan, *, work_pool: str | None = None, s3_endpoint_url: str | None = None
+) -> RunnerDeployment:
     """The Prefect deployment of a planned task."""
     from prefect.client.schemas.objects import (  # noqa: PLC0415 - Prefect only when deploying
         ConcurrencyLimitConfig,
@@ -70,7 +80,7 @@ def runner_deployment(plan: DeploymentPlan, *, work_pool: str | None = None) -> 
         tags=plan.tags,
         description=_description(plan),
         work_pool_name=work_pool,
-        job_variables={"env": FLOW_RUN_ENV} if work_pool else None,
+        job_variables={"env": job_env(s3_endpoint_url)} if work_pool else None,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return deployment
@@ -298,7 +308,9 @@ def _api_url() -> str:
     return str(PREFECT_API_URL.value())
 
 
-def prefect_yaml(plan: DeploymentPlan, *, work_pool: str) -> str:
+def prefect_yaml(
+    plan: DeploymentPlan, *, work_pool: str, s3_endpoint_url: str | None = None
+) -> str:
     """The same deployment as a ``prefect.yaml`` for ``prefect deploy`` (workers of a pool run
     it from this checkout, which ``flows/`` and ``koiitasks/`` are imported from)."""
     import yaml  # noqa: PLC0415
@@ -326,7 +338,10 @@ def prefect_yaml(plan: DeploymentPlan, *, work_pool: str) -> str:
                     "limit": plan.concurrency_limit,
                     "collision_strategy": "ENQUEUE",
                 },
-                "work_pool": {"name": work_pool, "job_variables": {"env": FLOW_RUN_ENV}},
+                "work_pool": {
+                    "name": work_pool,
+                    "job_variables": {"env": job_env(s3_endpoint_url)},
+                },
             }
         ],
     }

@@ -123,7 +123,8 @@ def deploy(
         task_dir, url, prefetch_s=prefetch, key_file=key, s3_endpoint_url=endpoint
     )
     if prefect_yaml is not None and work_pool:
-        _write_prefect_yaml(prefect_yaml, serving.prefect_yaml(plan, work_pool=work_pool))
+        text = serving.prefect_yaml(plan, work_pool=work_pool, s3_endpoint_url=endpoint)
+        _write_prefect_yaml(prefect_yaml, text)
         return
     engine = deployment.open_deployed_engine(
         task_dir, url, key_file=plan.key_file, s3_endpoint_url=endpoint
@@ -152,7 +153,7 @@ def deploy(
     try:
         if work_pool and serving.ensure_work_pool(work_pool):
             err.print(f"made work pool {work_pool!r} (type process)", highlight=False)
-        runner = serving.runner_deployment(plan, work_pool=work_pool)
+        runner = serving.runner_deployment(plan, work_pool=work_pool, s3_endpoint_url=endpoint)
         if work_pool:
             deployment_id = serving.apply(runner, work_pool=work_pool)
             serving.schedule_now(deployment_id)

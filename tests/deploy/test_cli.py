@@ -114,6 +114,25 @@ class TestDeployCommand:
         }
         directory = document["pull"][0]["prefect.deployments.steps.set_working_directory"]
         assert (Path(directory["directory"]) / config.entrypoint.split(":")[0]).is_file()
+        env = config.work_pool.job_variables["env"]
+        assert env["PREFECT_LOGGING_EXTRA_LOGGERS"] == "koiitasks"
+        assert "KOII_S3_ENDPOINT_URL" not in env  # none was set for the deploy
+
+    def test_a_work_pools_runs_get_the_s3_endpoint_the_deploy_used(
+        self, cli_env: dict[str, str], tmp_path: Path
+    ) -> None:
+        """With KOII_S3_ENDPOINT_URL set, the written deployment gives it to each flow run a
+        worker starts (a worker started as deploy says would send an s3:// store's runs to
+        AWS)."""
+        env = {**cli_env, "KOII_S3_ENDPOINT_URL": "http://127.0.0.1:5999"}
+        proc = koiitasks(
+            "deploy", str(HASH_PUZZLE), "--store", "deployed", "--nodes", "4",
+            "--work-pool", "rounds", "--prefect-yaml", "prefect.yaml", env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        document = yaml.safe_load((tmp_path / "prefect.yaml").read_text())
+        variables = document["deployments"][0]["work_pool"]["job_variables"]
+        assert variables["env"]["KOII_S3_ENDPOINT_URL"] == "http://127.0.0.1:5999"
 
     @pytest.mark.parametrize("path", [ROOT / "infra" / "prefect.yaml"], ids=["infra"])
     def test_the_shipped_example_is_a_valid_deployment_config(self, path: Path) -> None:
