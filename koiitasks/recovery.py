@@ -225,10 +225,7 @@ def recover(
     crashed = _runs_in(deployment_id, [StateType.CRASHED], since)
     local = _LocalRuns()
     with prefect_api("recover the deployment's runs"), get_client(sync_client=True) as client:
-        runs = [
-            *client.read_flow_runs(flow_run_filter=unfinished, limit=200),
-            *client.read_flow_runs(flow_run_filter=crashed, limit=200),
-        ]
+        runs = [*_all_runs(client, unfinished), *_all_runs(client, crashed)]
         for run in runs:
             state = run.state
             number = _round_of(plan, run)
@@ -329,6 +326,28 @@ def _recent(plan: DeploymentPlan, now_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(
         (now_ms - (plan.live_rounds + 2) * plan.round_ms) / 1000, tz=dt.UTC
     )
+
+
+#: Runs read from the API a request (Prefect's server caps a page at 200).
+PAGE = 200
+
+
+def _all_runs(client: Any, flow_run_filter: Any) -> list[Any]:
+    """Every run the filter matches, oldest due first, page by page: the stale runs recovery is
+    for come first, and none is left out past one page."""
+    from prefect.client.schemas.sorting import FlowRunSort  # noqa: PLC0415
+
+    runs: list[Any] = []
+    while True:
+        page = client.read_flow_runs(
+            flow_run_filter=flow_run_filter,
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=PAGE,
+            offset=len(runs),
+        )
+        runs += page
+        if len(page) < PAGE:
+            return runs
 
 
 def _runs_in(deployment_id: UUID, states: list[Any], since: dt.datetime | None) -> Any:

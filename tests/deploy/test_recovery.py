@@ -22,6 +22,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import (
     Cancelled,
     Cancelling,
@@ -387,3 +388,26 @@ class TestRecovery:
         record = deployment.engine.missed_record(9)
         assert record is not None
         assert "its run had not started" in record.reason
+
+
+class TestReadingRuns:
+    """Recovery reads every run it looks at, however many, oldest due first."""
+
+    def test_runs_past_one_page_are_read_oldest_due_first(self) -> None:
+        """450 matching runs come back whole over three pages, each asked sorted by when it was
+        due (stale runs, the ones recovery is for, first; past 200 they were left out)."""
+        runs = list(range(450))
+        wanted = object()
+        asked: list[tuple[object, int, int]] = []
+
+        class Client:
+            def read_flow_runs(
+                self, *, flow_run_filter: object, sort: object, limit: int, offset: int
+            ) -> list[int]:
+                assert flow_run_filter is wanted
+                asked.append((sort, limit, offset))
+                return runs[offset : offset + limit]
+
+        assert recovery._all_runs(Client(), wanted) == runs
+        assert [offset for _, _, offset in asked] == [0, 200, 400]
+        assert {sort for sort, _, _ in asked} == {FlowRunSort.EXPECTED_START_TIME_ASC}
