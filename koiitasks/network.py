@@ -187,7 +187,7 @@ def open_sandbox_network(
             TaskRecord(
                 task_id=loaded.task_id,
                 task_name=loaded.config.task_name,
-                config=_config_doc(loaded),
+                config=_config_doc(loaded.config),
                 orchestrator=orchestrator.public_id,
                 genesis_ms=genesis_ms,
                 starting_slot=0,
@@ -265,7 +265,7 @@ def open_remote_network(
             TaskRecord(
                 task_id=loaded.task_id,
                 task_name=loaded.config.task_name,
-                config=_config_doc(loaded),
+                config=_config_doc(loaded.config),
                 orchestrator=orchestrator.public_id,
                 genesis_ms=(now_ms // slot_ms + 1) * slot_ms if genesis_ms is None else genesis_ms,
                 starting_slot=0,
@@ -336,8 +336,9 @@ def check_task_config(record: TaskRecord, loaded: LoadedTask, *, where: str) -> 
     _check_config(record, loaded, where)
 
 
-def _config_doc(loaded: LoadedTask) -> dict[str, Any]:
-    return loaded.config.model_dump(mode="json", exclude={"metadata"})
+def _config_doc(config: TaskConfig) -> dict[str, Any]:
+    """A config as the task record keeps it (its descriptive metadata left out)."""
+    return config.model_dump(mode="json", exclude={"metadata"})
 
 
 def _check_not_sandbox(record: TaskRecord, task_id: str, where: str) -> None:
@@ -364,7 +365,7 @@ def _check_config(record: TaskRecord, loaded: LoadedTask, where: str) -> None:
 
 def check_same_config(record: TaskRecord, config: TaskConfig, *, where: str) -> None:
     """Raise :class:`NetworkMismatchError` unless ``record`` was made with ``config``."""
-    doc = config.model_dump(mode="json", exclude={"metadata"})
+    doc = _config_doc(config)
     if record.config != doc:
         changed = sorted(k for k, v in doc.items() if record.config.get(k) != v)
         raise NetworkMismatchError(
