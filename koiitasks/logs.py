@@ -7,7 +7,8 @@ serve process and from every flow run's. :class:`ApiOutageFilter`, on Prefect's 
 each of those records to one line that says what failed and why: the traceback of an error
 that only says the API cannot be reached becomes its last line, and an internal message longer
 than :data:`LONGEST_MESSAGE` is cut. Records of flow and task runs (the task's own lines) and
-every other error keep their tracebacks and their text.
+every other error keep their tracebacks and their text, but a Ctrl-C's (a terminal sends it
+to every run's process too: each would print one).
 
 Prefect's client still prints one block of its own when a poll gives up (``Failed the last 3
 attempts``): it goes to standard output without the logging module.
@@ -81,7 +82,14 @@ class ApiOutageFilter(logging.Filter):
     """Keeps Prefect's records about an unreachable API to one line each (see the module)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("prefect") or record.name.startswith(_RUN_LOGGERS):
+        if not record.name.startswith("prefect"):
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            # A terminal's Ctrl-C reaches every run `koiitasks deploy` started: each would
+            # print the traceback of wherever it happened to be.
+            record.exc_info, record.exc_text = None, None
+            record.msg = f"{record.msg} (KeyboardInterrupt: Ctrl-C)"
+        if record.name.startswith(_RUN_LOGGERS):
             return True
         # A record the filter cannot read is left as it was, for the handler to report.
         with contextlib.suppress(Exception):

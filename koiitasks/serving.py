@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 from uuid import UUID
 
@@ -41,6 +43,7 @@ from koiitasks.recovery import (
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+    from prefect.runner import Runner
 
 #: How often the serving process looks for runs asked to cancel.
 CANCEL_POLL_S = 5.0
@@ -276,8 +279,12 @@ def serve(
         announced=report.rerun_ids,
     )
     watch.start()
+    ctrl_c = threading.Event()
     try:
-        with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        with (
+            _ctrl_c_stops(runner, ctrl_c),
+            contextlib.suppress(KeyboardInterrupt, TerminationSignal),
+        ):
             asyncio.run(runner.start())
     except KeyboardInterrupt:
         raise
@@ -300,6 +307,37 @@ def serve(
             say([f"{restored} runs completed as the runner stopped: marked completed again"])
     except OrchestrationError as e:
         say([f"could not check the runs the runner cancelled as it stopped: {e.message}"])
+    if ctrl_c.is_set():
+        raise KeyboardInterrupt  # stopped cleanly: the CLI says so and exits 130
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(runner: Runner, noted: threading.Event) -> Iterator[None]:
+    """While the block runs, a Ctrl-C stops the runner as SIGTERM does (schedules paused, runs
+    cancelled, then :func:`serve` returns) and is noted in ``noted``. A KeyboardInterrupt
+    raised inside Prefect's event loop would instead cancel its tasks mid-call: tracebacks by
+    the hundred, and a stop that pauses nothing. A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:  # nohup: Ctrl-C is not this process's to handle
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        again = noted.is_set()
+        noted.set()
+        if again or not runner.started or runner.stopping or runner._loop is None:
+            signal.default_int_handler(signum, frame)
+        runner.stopping = True
+        runner.execute_in_background(runner.astop)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _api_url() -> str:

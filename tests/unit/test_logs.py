@@ -125,6 +125,22 @@ class TestOutageRecords:
         assert message.endswith(f"... ({len(whole) - LONGEST_MESSAGE:,} more characters)")
 
 
+class TestCtrlC:
+    """A terminal's Ctrl-C reaches every run's process: each says so in one line."""
+
+    @pytest.mark.parametrize("name", ["prefect.flow_runs", "prefect.engine"])
+    def test_a_run_interrupted_by_ctrl_c_is_one_line(self, console: Console, name: str) -> None:
+        printed = console.log(
+            name,
+            "Engine execution interrupted by %s",
+            "base exception",
+            error=raised(KeyboardInterrupt()),
+        )
+        assert printed == (
+            f"{name} - Engine execution interrupted by base exception (KeyboardInterrupt: Ctrl-C)\n"
+        )
+
+
 class TestOtherRecords:
     """Everything else reads as it was logged."""
 
