@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prefect.context import SyncClientContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.round import sandbox_round
 from koiitasks.cli import _prefect as prefect_start
@@ -246,7 +247,10 @@ class TestPrefectStart:
             raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API")
 
         monkeypatch.setattr(prefect_start, "start_temporary_server", slow_server)
-        with pytest.raises(ConfigError) as caught:
+        with (
+            temporary_settings(restore_defaults={PREFECT_API_URL}),  # no server named
+            pytest.raises(ConfigError) as caught,
+        ):
             prefect_start.reach_prefect_api()
         assert "did not answer: Timed out" in caught.value.message
         assert caught.value.hint is not None
