@@ -34,8 +34,9 @@ from koiitasks.network import (
     no_registered_node,
     open_remote_network,
     open_sandbox_network,
+    read_task_record,
 )
-from koiitasks.protocol import TaskRecord, decode
+from koiitasks.protocol import TaskRecord
 from koiitasks.remote import build_remote
 from koiitasks.sandbox import simulated_nodes
 from koiitasks.storage import Layout, Store, open_store
@@ -155,11 +156,6 @@ def aligned_genesis(now_ms: int, slot_ms: int, lead_ms: int = DEFAULT_LEAD_MS) -
     return -(-(now_ms + lead_ms) // step) * step
 
 
-def read_task_record(store: Store, loaded: LoadedTask) -> TaskRecord | None:
-    raw = store.read_or_none(Layout(loaded.task_id).task)
-    return None if raw is None else decode(raw, TaskRecord, where=Layout(loaded.task_id).task).body
-
-
 def load_orchestrator_key(
     key_file: Path | str, record: TaskRecord | None, *, where: str
 ) -> Keypair:
@@ -212,7 +208,7 @@ def prepare_deployed_task(
     """
     loaded = load_task(task_dir)
     store = open_store(store_url, s3_endpoint_url=s3_endpoint_url)
-    record = read_task_record(store, loaded)
+    record = read_task_record(store, loaded.task_id)
     simulated = nodes is not None or seed is not None or bool(adversaries)
     if key_file is not None and simulated:
         raise ConfigError(
@@ -298,7 +294,7 @@ def plan_deployment(
     (made absolute) is the orchestrator's, for rounds on registered remote nodes."""
     loaded = load_task(task_dir)
     store = open_store(store_url, s3_endpoint_url=s3_endpoint_url)
-    record = read_task_record(store, loaded)
+    record = read_task_record(store, loaded.task_id)
     if record is None:
         raise RecordError(
             f"task {loaded.task_id!r} was never deployed to {store.url}",
@@ -335,7 +331,7 @@ def open_deployed_engine(
     ones, or the registered ones (which need the orchestrator's ``key_file``)."""
     loaded = load_task(task_dir)
     store = open_store(store_url, s3_endpoint_url=s3_endpoint_url)
-    record = read_task_record(store, loaded)
+    record = read_task_record(store, loaded.task_id)
     if record is None or record.genesis_ms == 0:
         raise RecordError(
             f"task {loaded.task_id!r} is not deployed in {store.url}",

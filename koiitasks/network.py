@@ -215,6 +215,14 @@ def _check_not_orphaned(store: Store, layout: Layout) -> None:
         )
 
 
+def read_task_record(store: Store, task_id: str) -> TaskRecord | None:
+    """The task record a store holds for ``task_id`` (decoded, its signature not checked), or
+    None if it holds none."""
+    key = Layout(task_id).task
+    raw = store.read_or_none(key)
+    return None if raw is None else decode(raw, TaskRecord, where=key).body
+
+
 def load_network(store: Store, task_id: str, *, orchestrator: str | None = None) -> Network:
     """The task record and registry as stored, every signature checked."""
     layout = Layout(task_id)

@@ -145,14 +145,11 @@ def _config_of_folder(task_dir: Path) -> TaskConfig:
 def _check_store_has_this_config(store: Store, config: TaskConfig) -> None:
     """A folder whose config-task.yml differs from the one its task was made with in the store
     is refused, as `koiitasks run` refuses it: its windows are not the task's."""
-    from koiitasks.network import check_same_config  # noqa: PLC0415
-    from koiitasks.protocol import TaskRecord, decode  # noqa: PLC0415
-    from koiitasks.storage import Layout  # noqa: PLC0415
+    from koiitasks.network import check_same_config, read_task_record  # noqa: PLC0415
 
-    key = Layout(config.id).task
-    raw = store.read_or_none(key)
-    if raw is not None:
-        check_same_config(decode(raw, TaskRecord, where=key).body, config, where=store.url)
+    record = read_task_record(store, config.id)
+    if record is not None:
+        check_same_config(record, config, where=store.url)
 
 
 def _task_config(store: Store, task: str | None) -> TaskConfig | None:
@@ -160,8 +157,7 @@ def _task_config(store: Store, task: str | None) -> TaskConfig | None:
     store's only task, else None."""
     from koiitasks.config import TaskConfig  # noqa: PLC0415
     from koiitasks.errors import ConfigError  # noqa: PLC0415
-    from koiitasks.protocol import TaskRecord, decode  # noqa: PLC0415
-    from koiitasks.storage import Layout  # noqa: PLC0415
+    from koiitasks.network import read_task_record  # noqa: PLC0415
 
     if task is not None and Path(task).is_dir():
         return _config_of_folder(Path(task))
@@ -174,12 +170,10 @@ def _task_config(store: Store, task: str | None) -> TaskConfig | None:
         )
     if not ids:
         return None
-    key = Layout(ids[0]).task
-    raw = store.read_or_none(key)
-    if raw is None:
+    record = read_task_record(store, ids[0])
+    if record is None:
         raise ConfigError(
             f"no task {ids[0]!r} in {store.url}",
             hint="pass a task folder with --task, or the --store where the task ran",
         )
-    record = decode(raw, TaskRecord, where=key)
-    return TaskConfig.model_validate(record.body.config)
+    return TaskConfig.model_validate(record.config)
