@@ -26,19 +26,19 @@ from unittest import mock
 _PR_SET_PDEATHSIG = 1
 
 
-def start_temporary_server() -> str | None:
+def start_temporary_server() -> None:
     """Start Prefect's temporary API server now, apart from the terminal's Ctrl-C, unless
-    ``PREFECT_API_URL`` names a server or it runs already; its API URL, or None if none was
-    started here. Prefect's own clients then use it as if they had started it. Call it from
-    the thread that lives as long as the command (the main one): the server ends with it."""
+    ``PREFECT_API_URL`` names a server or it runs already. Prefect's own clients then use it as
+    if they had started it. Call it from the thread that lives as long as the command (the main
+    one): the server ends with it."""
     from prefect.server.api.server import SubprocessASGIServer  # noqa: PLC0415 - keep --help fast
     from prefect.settings import PREFECT_API_URL  # noqa: PLC0415
 
     if PREFECT_API_URL.value():
-        return None
+        return
     server = SubprocessASGIServer()  # the instance Prefect's get_client() asks for
     if server.running:
-        return None
+        return
     spawn = server._run_uvicorn_command  # the one call that starts the process
 
     def spawn_apart() -> subprocess.Popen[Any]:
@@ -53,7 +53,6 @@ def start_temporary_server() -> str | None:
         server.start()
     finally:
         delattr(server, "_run_uvicorn_command")
-    return server.api_url
 
 
 def _end_with_parent() -> None:
